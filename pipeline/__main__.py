@@ -1,0 +1,70 @@
+"""Command line: ``python -m pipeline VERB [options]``, one verb per workflow rule.
+
+Only the module that implements the chosen verb is imported, so verbs that do not need torch
+never pay for importing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline.errors import TriageError
+
+# verb -> (module, one-line help). The module provides configure_parser(parser) and run(args).
+VERBS: dict[str, tuple[str, str]] = {
+    "validate": ("pipeline.config", "check config.yaml and the sample sheet against their schemas"),
+    "make-slides": ("pipeline.synth", "generate synthetic H&E/IHC slides (sample cohort, benchmarks)"),
+    "qc-slide": ("pipeline.qc", "open a slide, check quality, find tissue"),
+    "tile-slide": ("pipeline.tiling", "lay the tile grid at target_mpp over the tissue"),
+    "score-tiles": ("pipeline.scoring", "score H&E tiles with the CNN"),
+    "quantify-ihc": ("pipeline.ihc", "quantify DAB per tile and per slide for an IHC slide"),
+    "summarize-slide": ("pipeline.summary", "write the per-slide summary.json (slide call, QC, IHC)"),
+    "draw-slide": ("pipeline.figures", "draw heatmap, tissue overlay and top-tile pictures"),
+    "export-geojson": ("pipeline.geojson", "write QuPath GeoJSON of tiles and tissue outline"),
+    "call-case": ("pipeline.case", "combine a case's H&E and IHC evidence into a case call"),
+    "make-report": ("pipeline.report", "write the cohort worklist and HTML review page"),
+    "train": ("pipeline.train", "train a tile classifier and write weights + model card"),
+    "benchmark": ("pipeline.benchmark", "measure every stage against its physical bound"),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    lines = ["usage: python -m pipeline VERB [options]", "", "verbs:"]
+    lines += [f"  {verb:<{width}}  {help_}" for verb, (_, help_) in VERBS.items()]
+    lines += ["", "python -m pipeline VERB --help shows a verb's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(VERBS[verb][0])
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline {verb}", description=VERBS[verb][1])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module.configure_parser(parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        module.run(args)
+    except TriageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
