@@ -1,0 +1,460 @@
+"""Whole-slide image access: one small interface, two readers, one factory.
+
+* :class:`OpenSlideSlide` reads everything OpenSlide 4 reads (SVS, NDPI, MRXS, SCN, DICOM, generic tiled
+  TIFF, ...). OpenSlide stays the authority on metadata (vendor, MPP, levels) for those files.
+* :class:`TiffSlide` reads TIFF-family files directly with tifffile + imagecodecs, decoding only the
+  tiles (or strips) a region needs. It serves OME-TIFF and plain RGB TIFF, which OpenSlide cannot open,
+  and is the fast pixel path for JPEG-tiled SVS / generic TIFF that OpenSlide also opens.
+
+:func:`open_slide` picks the reader, checks the file is a brightfield RGB image, resolves the
+microns-per-pixel (MPP) and refuses anything it cannot use with a one-line :class:`SlideError`.
+
+All coordinates are level-0 pixels (top-left origin) unless a name says otherwise; all images are
+``(height, width, 3)`` uint8 RGB arrays; transparent or out-of-bounds areas read as white glass.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import SlideError
+
+# A usable MPP lies in this range (um per level-0 pixel): 100x objectives give ~0.1, overview scans ~10-20.
+MPP_MIN_UM, MPP_MAX_UM = 0.05, 50.0
+# Largest pyramid level we will decode whole (in chunks) to build a thumbnail. A 100k x 100k slide with
+# 4x levels has a 6250 x 6250 level; a file that claims 10^6 x 10^6 px with no pyramid is refused.
+MAX_THUMBNAIL_SOURCE_PX = 400_000_000
+# Largest single region a caller may ask for (guards against allocating a claimed huge size).
+MAX_REGION_PX = 64_000_000
+# Level chosen for a target MPP may be finer than the target by any amount, coarser by at most this much.
+LEVEL_MPP_TOLERANCE = 0.01
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+# Slide properties safe to copy into outputs. Everything else (scan dates, file names, user names,
+# barcodes, device serials, label/macro images) stays in the slide.
+SAFE_PROPERTY_PATTERNS = (
+    r"openslide\.vendor",
+    r"openslide\.mpp-[xy]",
+    r"openslide\.objective-power",
+    r"openslide\.level-count",
+    r"openslide\.level\[\d+\]\.(width|height|downsample)",
+    r"openslide\.bounds-(x|y|width|height)",
+)
+
+
+def safe_properties(properties: dict[str, str]) -> dict[str, str]:
+    """Keep only allowlisted, non-identifying slide properties."""
+    pattern = re.compile("|".join(f"(?:{p})" for p in SAFE_PROPERTY_PATTERNS))
+    return {k: str(v) for k, v in sorted(properties.items()) if pattern.fullmatch(k)}
+
+
+def check_mpp(mpp: float, path: str | os.PathLike, source: str) -> float:
+    """Return ``mpp`` if plausible, else raise a SlideError that says where it came from."""
+    if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and MPP_MIN_UM <= mpp <= MPP_MAX_UM):
+        raise SlideError(
+            f"{path}: MPP {mpp!r} um/px from {source} is outside {MPP_MIN_UM}-{MPP_MAX_UM}; "
+            "fix the slide metadata or set the sample sheet's `mpp` column for this slide"
+        )
+    return float(mpp)
+
+
+class Slide(abc.ABC):
+    """A pyramidal brightfield slide. Subclasses implement :meth:`_read_level`."""
+
+    path: Path
+    vendor: str
+    level_dimensions: tuple[tuple[int, int], ...]  # (width, height) per level
+    mpp: float  # um per level-0 pixel
+    mpp_source: str  # "slide" or "override"
+    objective_power: float | None
+    properties: dict[str, str]  # raw properties; never export without safe_properties()
+
+    # ---- geometry -------------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in pixels."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        w0, h0 = self.dimensions
+        return tuple((w0 / w + h0 / h) / 2.0 for w, h in self.level_dimensions)
+
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level_for_mpp(self, target_mpp: float) -> int:
+        """The coarsest level whose um/px is not coarser than ``target_mpp`` (level 0 if none is)."""
+        best = 0
+        for level in range(self.level_count):
+            if self.level_mpp(level) <= target_mpp * (1.0 + LEVEL_MPP_TOLERANCE):
+                best = level
+        return best
+
+    # ---- pixels ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """RGB pixels of ``level`` at (x, y) in that level's own pixel frame; may run past the edges."""
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read ``size`` (w, h) pixels of ``level`` whose top-left pixel is ``location`` in level-0 frame."""
+        width, height = int(size[0]), int(size[1])
+        if width <= 0 or height <= 0 or width * height > MAX_REGION_PX:
+            raise ValueError(f"region size {width}x{height} out of range (max {MAX_REGION_PX} px)")
+        ds = self.level_downsamples[level]
+        return self._read_level(level, int(location[0] // ds), int(location[1] // ds), width, height)
+
+    def tile_geometry(self, tile_px: int, target_mpp: float) -> tuple[int, int, float]:
+        """For tiles of ``tile_px`` at ``target_mpp``: (level, region_px at that level, effective um/px)."""
+        level = self.best_level_for_mpp(target_mpp)
+        region_px = max(1, round(tile_px * target_mpp / self.level_mpp(level)))
+        return level, region_px, self.level_mpp(level) * region_px / tile_px
+
+    def read_tile(self, x0: int, y0: int, tile_px: int, target_mpp: float) -> np.ndarray:
+        """A ``tile_px`` square tile at ``target_mpp`` whose top-left is (x0, y0) in level-0 pixels."""
+        level, region_px, _ = self.tile_geometry(tile_px, target_mpp)
+        ds = self.level_downsamples[level]
+        region = self._read_level(level, int(x0 // ds), int(y0 // ds), region_px, region_px)
+        return resize_rgb(region, tile_px, tile_px)
+
+    def read_downsampled(self, target_mpp: float, chunk_px: int = 4096) -> tuple[np.ndarray, float]:
+        """The whole slide at about ``target_mpp`` um/px, read chunk by chunk with bounded memory.
+
+        Returns ``(image, mpp_y_x)`` where the second item is the image's actual um/px.
+        """
+        level = self.best_level_for_mpp(target_mpp)
+        lw, lh = self.level_dimensions[level]
+        if lw * lh > MAX_THUMBNAIL_SOURCE_PX:
+            raise SlideError(
+                f"{self.path}: no pyramid level near {target_mpp:g} um/px (level {level} is {lw} x {lh} px); "
+                "convert the slide to a tiled pyramidal format (e.g. `vips tiffsave --tile --pyramid`)"
+            )
+        scale = self.level_mpp(level) / target_mpp  # output px per level px (<= 1)
+        out_w, out_h = max(1, round(lw * scale)), max(1, round(lh * scale))
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        for y in range(0, lh, chunk_px):
+            oy0, oy1 = round(y * scale), round(min(lh, y + chunk_px) * scale)
+            for x in range(0, lw, chunk_px):
+                ox0, ox1 = round(x * scale), round(min(lw, x + chunk_px) * scale)
+                if ox1 <= ox0 or oy1 <= oy0:
+                    continue
+                chunk = self._read_level(level, x, y, min(chunk_px, lw - x), min(chunk_px, lh - y))
+                out[oy0:oy1, ox0:ox1] = resize_rgb(chunk, ox1 - ox0, oy1 - oy0)
+        return out, self.mpp * lw / out_w
+
+    # ---- description ----------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """Non-identifying facts about the slide, for summaries."""
+        return {
+            "vendor": self.vendor,
+            "reader": type(self).__name__,
+            "width_px": self.dimensions[0],
+            "height_px": self.dimensions[1],
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "mpp": round(self.mpp, 6),
+            "mpp_source": self.mpp_source,
+            "objective_power": self.objective_power,
+            "properties": safe_properties(self.properties),
+        }
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-averaging resize (box filter) of an RGB uint8 array; returns the input when sizes match."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BOX))
+
+
+def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite OpenSlide's (non-premultiplied) RGBA onto white glass."""
+    rgb, alpha = rgba[..., :3], rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.uint16)
+    return ((rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+class OpenSlideSlide(Slide):
+    """Any format OpenSlide reads."""
+
+    def __init__(self, path: Path, osr, mpp_override: float | None = None):
+        self.path = path
+        self._osr = osr
+        self.properties = dict(osr.properties)
+        self.vendor = self.properties.get("openslide.vendor", "unknown")
+        self.level_dimensions = tuple(tuple(d) for d in osr.level_dimensions)
+        power = self.properties.get("openslide.objective-power")
+        self.objective_power = float(power) if power else None
+        self.mpp, self.mpp_source = _resolve_mpp(path, _openslide_mpp(self.properties), mpp_override)
+        self._lock = threading.Lock()
+
+    def _read_level(self, level, x, y, width, height):
+        ds = self.level_downsamples[level]
+        location = (int(round(x * ds)), int(round(y * ds)))
+        import openslide
+
+        try:
+            rgba = np.asarray(self._osr.read_region(location, level, (width, height)))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"{self.path}: pixel data cannot be decoded ({exc}); the file is damaged") from exc
+        return _rgba_to_rgb(rgba)
+
+    def close(self):
+        self._osr.close()
+
+
+def _openslide_mpp(properties: dict[str, str]) -> float | None:
+    try:
+        mx, my = float(properties["openslide.mpp-x"]), float(properties["openslide.mpp-y"])
+    except (KeyError, ValueError):
+        return None
+    if my and abs(mx - my) / max(mx, my) > 0.02:
+        return None  # non-square pixels: let the caller refuse rather than guess
+    return mx
+
+
+class TiffSlide(Slide):
+    """Direct tile/strip decoding of a TIFF-family pyramid with tifffile (no OpenSlide)."""
+
+    _CACHE_SEGMENTS = 256
+
+    def __init__(self, path: Path, tif, levels, mpp_slide: float | None, mpp_override: float | None,
+                 vendor: str, properties: dict[str, str], objective_power: float | None = None):
+        self.path = path
+        self._tif = tif
+        self._pages = levels
+        self.level_dimensions = tuple((int(p.imagewidth), int(p.imagelength)) for p in levels)
+        self.vendor = vendor
+        self.properties = properties
+        self.objective_power = objective_power
+        self.mpp, self.mpp_source = _resolve_mpp(path, mpp_slide, mpp_override)
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _segment(self, level: int, index: int) -> np.ndarray:
+        key = (level, index)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        page = self._pages[level]
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        with self._lock:
+            fh = self._tif.filehandle
+            fh.seek(offset)
+            data = fh.read(count)
+        try:
+            segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as exc:  # imagecodecs raises its own error classes per codec
+            raise SlideError(f"{self.path}: tile {index} of level {level} cannot be decoded ({exc})") from exc
+        if segment is None:
+            raise SlideError(f"{self.path}: tile {index} of level {level} is missing from the file")
+        segment = np.asarray(segment).reshape(segment.shape[-3:])  # (1, h, w, s) -> (h, w, s)
+        self._cache[key] = segment
+        if len(self._cache) > self._CACHE_SEGMENTS:
+            self._cache.popitem(last=False)
+        return segment
+
+    def _read_level(self, level, x, y, width, height):
+        page = self._pages[level]
+        lw, lh = self.level_dimensions[level]
+        out = np.full((height, width, 3), 255, np.uint8)
+        if page.is_tiled:
+            seg_w, seg_h = int(page.tilewidth), int(page.tilelength)
+        else:
+            seg_w, seg_h = lw, int(page.rowsperstrip or lh)
+        across = math.ceil(lw / seg_w)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + width, lw), min(y + height, lh)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        for ty in range(y0 // seg_h, (y1 - 1) // seg_h + 1):
+            for tx in range(x0 // seg_w, (x1 - 1) // seg_w + 1):
+                seg = self._segment(level, ty * across + tx)
+                sx0, sy0 = tx * seg_w, ty * seg_h
+                ix0, iy0 = max(x0, sx0), max(y0, sy0)
+                ix1, iy1 = min(x1, sx0 + seg.shape[1], lw), min(y1, sy0 + seg.shape[0], lh)
+                out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = seg[iy0 - sy0:iy1 - sy0, ix0 - sx0:ix1 - sx0, :3]
+        return out
+
+    def close(self):
+        self._tif.close()
+
+
+def _resolve_mpp(path: Path, mpp_slide: float | None, mpp_override: float | None) -> tuple[float, str]:
+    if mpp_override is not None:
+        return check_mpp(mpp_override, path, "the `mpp` override"), "override"
+    if mpp_slide is None:
+        raise SlideError(
+            f"{path}: the slide has no MPP (microns per pixel) in its metadata; set the sample sheet's "
+            "`mpp` column (or --mpp) to the scan's um/px for level 0 — it is never guessed"
+        )
+    return check_mpp(mpp_slide, path, "the slide metadata"), "slide"
+
+
+def _tiff_mpp(tif) -> float | None:
+    """MPP from OME PhysicalSizeX, an Aperio description or the TIFF resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        if m:
+            factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit.group(1) if unit else "µm", 1.0)
+            return float(m.group(1)) * factor
+    page = tif.pages[0]
+    m = re.search(r"\|MPP = ([0-9.]+)", page.description or "")
+    if m:
+        return float(m.group(1))
+    tags = page.tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        num, den = tags["XResolution"].value
+        unit = int(tags["ResolutionUnit"].value)
+        per_um = {2: 25400.0, 3: 10000.0}.get(unit)  # inch / centimetre in micrometres
+        if per_um and num and den and num / den > 1.0:
+            return per_um * den / num
+    return None
+
+
+def _check_brightfield(path: Path, page) -> None:
+    """Refuse fluorescence / multiplex / 16-bit / RGBA pages: only 8-bit RGB brightfield is in scope."""
+    samples = int(page.samplesperpixel)
+    photometric = getattr(page.photometric, "name", str(page.photometric))
+    if page.dtype != np.uint8 or samples != 3 or photometric not in {"RGB", "YCBCR"}:
+        raise SlideError(
+            f"{path}: not an 8-bit RGB brightfield image ({samples} channel(s), {page.dtype}, {photometric}); "
+            "fluorescence/multiplex and other non-brightfield images are out of scope — remove it from the sheet"
+        )
+
+
+def open_slide(path: str | os.PathLike, mpp: float | None = None, reader: str = "auto") -> Slide:
+    """Open ``path`` as a :class:`Slide`.
+
+    ``mpp`` overrides (or supplies a missing) level-0 um/px. ``reader`` is ``auto`` (OpenSlide for
+    metadata, tifffile tiles for JPEG-tiled TIFF pixels), ``openslide`` or ``tifffile``.
+    Raises :class:`SlideError` with a one-line reason for anything unusable.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SlideError(f"{p}: no such file; check the sample sheet's `path` column")
+    if not p.is_file():
+        raise SlideError(f"{p}: not a regular file (a directory or special file); point `path` at the slide file")
+    if p.stat().st_size == 0:
+        raise SlideError(f"{p}: empty file (0 bytes); re-export or re-copy the slide")
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    is_tiff = magic in _TIFF_MAGIC
+    tif = None
+    if is_tiff:
+        tif = _open_tifffile(p)
+
+    import openslide
+
+    try:
+        osr = openslide.OpenSlide(str(p))
+    except openslide.OpenSlideUnsupportedFormatError:
+        osr = None
+    except (openslide.OpenSlideError, OSError) as exc:
+        if tif is not None:
+            tif.close()
+        raise SlideError(f"{p}: OpenSlide cannot open it ({exc}); the file is damaged or unsupported") from exc
+
+    if osr is None:
+        if tif is None:
+            raise SlideError(
+                f"{p}: not a whole-slide image that OpenSlide or tifffile can read; check the file type"
+            )
+        try:
+            return _tiff_slide(p, tif, mpp, vendor="ome-tiff" if tif.is_ome else "tiff")
+        except BaseException:
+            tif.close()
+            raise
+
+    if tif is not None:
+        try:
+            _check_brightfield(p, tif.pages[0])
+        except SlideError:
+            tif.close()
+            osr.close()
+            raise
+    try:
+        slide = OpenSlideSlide(p, osr, mpp)
+    except SlideError:
+        osr.close()
+        if tif is not None:
+            tif.close()
+        raise
+    if reader == "openslide" or tif is None:
+        if tif is not None:
+            tif.close()
+        return slide
+    fast = _fast_tiff_reader(p, tif, slide)
+    if fast is None:
+        tif.close()
+        if reader == "tifffile":
+            raise SlideError(f"{p}: no direct tile path for this file; use the OpenSlide reader")
+        return slide
+    slide.close()
+    return fast
+
+
+def _open_tifffile(p: Path):
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(str(p))
+        _ = tif.pages[0].shape, tif.series  # force parsing of the first IFD and series
+        return tif
+    except Exception as exc:  # tifffile raises many types for broken headers
+        raise SlideError(f"{p}: TIFF structure is broken ({type(exc).__name__}: {exc}); re-export the slide") from exc
+
+
+def _tiff_slide(p: Path, tif, mpp_override: float | None, vendor: str) -> TiffSlide:
+    series = tif.series[0]
+    levels = [lvl.pages[0] if hasattr(lvl, "pages") else lvl for lvl in series.levels]
+    levels = [getattr(page, "keyframe", page) for page in levels]
+    _check_brightfield(p, levels[0])
+    props = {"openslide.vendor": vendor}
+    return TiffSlide(p, tif, levels, _tiff_mpp(tif), mpp_override, vendor, props)
+
+
+_FAST_COMPRESSIONS = {"JPEG", "NONE", "LZW", "ADOBE_DEFLATE", "DEFLATE", "WEBP"}
+
+
+def _fast_tiff_reader(p: Path, tif, slide: OpenSlideSlide) -> TiffSlide | None:
+    """A TiffSlide over the same pages when tifffile sees exactly OpenSlide's levels, else None."""
+    if slide.vendor not in {"aperio", "generic-tiff"}:
+        return None
+    try:
+        series = tif.series[0]
+        pages = [getattr(lvl.pages[0], "keyframe", lvl.pages[0]) for lvl in series.levels]
+    except Exception:
+        return None
+    dims = tuple((int(pg.imagewidth), int(pg.imagelength)) for pg in pages)
+    if dims != slide.level_dimensions:
+        return None
+    if any(pg.compression.name not in _FAST_COMPRESSIONS or not pg.is_tiled for pg in pages):
+        return None
+    override = slide.mpp if slide.mpp_source == "override" else None
+    return TiffSlide(p, tif, pages, slide.mpp, override, slide.vendor, slide.properties, slide.objective_power)
