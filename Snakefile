@@ -1,0 +1,18 @@
+# slide-triage: carcinoma-vs-sarcoma triage of H&E and IHC whole-slide images.
+# Decision support, not a diagnosis. Entry point only: the rules live in pipeline/rules/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "configs/config.yaml"
+
+
+include: "pipeline/rules/common.smk"
+include: "pipeline/rules/slides.smk"
+
+
+rule all:
+    input:
+        all_outputs,
+    default_target: True

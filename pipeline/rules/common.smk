@@ -1,0 +1,66 @@
+# Shared set-up: validate the config and the sample sheet first, then expose them to the rules.
+import shlex
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from pipeline import atomic
+from pipeline.config import HE_STAIN, load_samples
+from pipeline.errors import ConfigError
+
+validate(config, "../schemas/config.schema.yaml")
+
+try:
+    _SAMPLE_ROWS = load_samples(config["samples"], config["markers"])
+except ConfigError as exc:
+    raise WorkflowError(f"error: {exc}") from None
+for _row in _SAMPLE_ROWS:
+    validate(_row, "../schemas/samples.schema.yaml")
+
+SAMPLES = {row["slide_id"]: row for row in _SAMPLE_ROWS}
+CASES = {}
+for _row in _SAMPLE_ROWS:
+    CASES.setdefault(_row["case_id"], []).append(_row["slide_id"])
+HE_SLIDES = [s for s, row in SAMPLES.items() if row["stain"] == HE_STAIN]
+IHC_SLIDES = [s for s, row in SAMPLES.items() if row["stain"] != HE_STAIN]
+RESULTS = config["results"]
+# Every CLI call gets the validated, effective config (file config + --config overrides), so a rule's
+# command is exactly what a person would type, and a config change re-runs what depends on it.
+RUN_CONFIG = f"{RESULTS}/config.yaml"
+_effective = atomic.dumps_json(dict(config))
+try:
+    _current = open(RUN_CONFIG, encoding="utf-8").read()
+except OSError:
+    _current = None
+if _current != _effective:
+    atomic.write_text(RUN_CONFIG, _effective)
+# The interpreter running Snakemake (the project's venv) runs the CLI too, also on cluster nodes.
+PIPELINE = f"{shlex.quote(sys.executable)} -m pipeline"
+
+
+wildcard_constraints:
+    slide="|".join(SAMPLES),
+    case="|".join(CASES),
+
+
+def slide_file(wildcards):
+    return SAMPLES[wildcards.slide]["path"]
+
+
+def mpp_arg(wildcards):
+    """``--mpp X`` when the sample sheet overrides the slide's MPP, else nothing."""
+    mpp = SAMPLES[wildcards.slide]["mpp"]
+    return f"--mpp {float(mpp)!r}" if mpp else ""
+
+
+def slide_dir(slide):
+    return f"{RESULTS}/slides/{slide}"
+
+
+def all_outputs(wildcards):
+    """Everything ``rule all`` builds: per-slide results, per-case calls and the cohort report."""
+    targets = []
+    for slide in SAMPLES:
+        targets += [f"{slide_dir(slide)}/qc.json", f"{slide_dir(slide)}/tiles.parquet"]
+    return targets

@@ -1,0 +1,53 @@
+# Per-slide stages that every slide goes through: quality control + tissue, then the tile grid.
+
+
+rule qc_slide:
+    input:
+        slide=slide_file,
+        config=RUN_CONFIG,
+    output:
+        qc=f"{RESULTS}/slides/{{slide}}/qc.json",
+        thumb=f"{RESULTS}/slides/{{slide}}/thumb.png",
+        mask=f"{RESULTS}/slides/{{slide}}/tissue.png",
+    params:
+        mpp=mpp_arg,
+    log:
+        "logs/qc_slide/{slide}.log",
+    benchmark:
+        "benchmarks/qc_slide/{slide}.tsv"
+    group:
+        "slide"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{PIPELINE} qc-slide --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp}"
+        " --config {input.config:q} --out {output.qc:q} --thumb {output.thumb:q} --mask {output.mask:q}"
+        " 2> {log:q}"
+
+
+rule tile_slide:
+    input:
+        slide=slide_file,
+        config=RUN_CONFIG,
+        qc=rules.qc_slide.output.qc,
+        mask=rules.qc_slide.output.mask,
+    output:
+        tiles=f"{RESULTS}/slides/{{slide}}/tiles.parquet",
+    params:
+        mpp=mpp_arg,
+    log:
+        "logs/tile_slide/{slide}.log",
+    benchmark:
+        "benchmarks/tile_slide/{slide}.tsv"
+    group:
+        "slide"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "{PIPELINE} tile-slide --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp}"
+        " --config {input.config:q} --qc {input.qc:q} --mask {input.mask:q} --out {output.tiles:q}"
+        " 2> {log:q}"
