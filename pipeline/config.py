@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 from pathlib import Path
+
 import yaml
 
 from pipeline.errors import ConfigError

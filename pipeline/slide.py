@@ -152,7 +152,7 @@ class Slide(abc.ABC):
                     continue
                 chunk = self._read_level(level, x, y, min(chunk_px, lw - x), min(chunk_px, lh - y))
                 out[oy0:oy1, ox0:ox1] = resize_rgb(chunk, ox1 - ox0, oy1 - oy0)
-        return out, self.mpp * lw / out_w
+        return out, self.level_mpp(level) * lw / out_w
 
     # ---- description ----------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -446,15 +446,14 @@ def _fast_tiff_reader(p: Path, tif, slide: OpenSlideSlide) -> TiffSlide | None:
     """A TiffSlide over the same pages when tifffile sees exactly OpenSlide's levels, else None."""
     if slide.vendor not in {"aperio", "generic-tiff"}:
         return None
-    try:
-        series = tif.series[0]
-        pages = [getattr(lvl.pages[0], "keyframe", lvl.pages[0]) for lvl in series.levels]
-    except Exception:
-        return None
-    dims = tuple((int(pg.imagewidth), int(pg.imagelength)) for pg in pages)
-    if dims != slide.level_dimensions:
-        return None
-    if any(pg.compression.name not in _FAST_COMPRESSIONS or not pg.is_tiled for pg in pages):
+    # Match each OpenSlide level to the tiled page of the same size (thumbnail/label/macro pages are
+    # stripped or differently sized, so they never match).
+    by_size = {}
+    for page in tif.pages:
+        if page.is_tiled and (page.imagewidth, page.imagelength) not in by_size:
+            by_size[(int(page.imagewidth), int(page.imagelength))] = page
+    pages = [by_size.get(dims) for dims in slide.level_dimensions]
+    if any(pg is None or pg.compression.name not in _FAST_COMPRESSIONS for pg in pages):
         return None
     override = slide.mpp if slide.mpp_source == "override" else None
     return TiffSlide(p, tif, pages, slide.mpp, override, slide.vendor, slide.properties, slide.objective_power)

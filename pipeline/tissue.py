@@ -35,7 +35,7 @@ def tissue_mask(
     rgb: np.ndarray,
     mpp: float,
     saturation_min: float = 0.07,
-    optical_density_min: float = 0.15,
+    optical_density_min: float = 0.08,
     min_object_um2: float = 2500.0,
     min_hole_um2: float = 2500.0,
 ) -> np.ndarray:
