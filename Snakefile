@@ -9,6 +9,13 @@ configfile: "configs/config.yaml"
 
 
 include: "pipeline/rules/common.smk"
+
+
+wildcard_constraints:
+    slide=SLIDE_PATTERN,
+    case=CASE_PATTERN,
+
+
 include: "pipeline/rules/slides.smk"
 
 

@@ -38,10 +38,9 @@ if _current != _effective:
 # The interpreter running Snakemake (the project's venv) runs the CLI too, also on cluster nodes.
 PIPELINE = f"{shlex.quote(sys.executable)} -m pipeline"
 
-
-wildcard_constraints:
-    slide="|".join(SAMPLES),
-    case="|".join(CASES),
+# Wildcard values are exactly the sheet's ids (set in the Snakefile with wildcard_constraints).
+SLIDE_PATTERN = "|".join(SAMPLES)
+CASE_PATTERN = "|".join(CASES)
 
 
 def slide_file(wildcards):
@@ -59,7 +58,7 @@ def slide_dir(slide):
 
 
 def all_outputs(wildcards):
-    """Everything ``rule all`` builds: per-slide results, per-case calls and the cohort report."""
+    """The default target: per-slide results, per-case calls and the cohort report."""
     targets = []
     for slide in SAMPLES:
         targets += [f"{slide_dir(slide)}/qc.json", f"{slide_dir(slide)}/tiles.parquet"]

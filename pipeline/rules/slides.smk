@@ -10,6 +10,7 @@ rule qc_slide:
         thumb=f"{RESULTS}/slides/{{slide}}/thumb.png",
         mask=f"{RESULTS}/slides/{{slide}}/tissue.png",
     params:
+        pipeline=PIPELINE,
         mpp=mpp_arg,
     log:
         "logs/qc_slide/{slide}.log",
@@ -18,11 +19,13 @@ rule qc_slide:
     group:
         "slide"
     threads: 1
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{PIPELINE} qc-slide --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp}"
+        "{params.pipeline} qc-slide --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp}"
         " --config {input.config:q} --out {output.qc:q} --thumb {output.thumb:q} --mask {output.mask:q}"
         " 2> {log:q}"
 
@@ -36,6 +39,7 @@ rule tile_slide:
     output:
         tiles=f"{RESULTS}/slides/{{slide}}/tiles.parquet",
     params:
+        pipeline=PIPELINE,
         mpp=mpp_arg,
     log:
         "logs/tile_slide/{slide}.log",
@@ -44,10 +48,12 @@ rule tile_slide:
     group:
         "slide"
     threads: 1
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{PIPELINE} tile-slide --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp}"
+        "{params.pipeline} tile-slide --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp}"
         " --config {input.config:q} --qc {input.qc:q} --mask {input.mask:q} --out {output.tiles:q}"
         " 2> {log:q}"
