@@ -422,12 +422,48 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, reader: str = 
 def _open_tifffile(p: Path):
     import tifffile
 
+    _check_tiff_chain(p)
     try:
         tif = tifffile.TiffFile(str(p))
         _ = tif.pages[0].shape, tif.series  # force parsing of the first IFD and series
-        return tif
     except Exception as exc:  # tifffile raises many types for broken headers
         raise SlideError(f"{p}: TIFF structure is broken ({type(exc).__name__}: {exc}); re-export the slide") from exc
+    size = p.stat().st_size
+    for page in tif.pages:
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+        if ends and max(ends) > size:
+            tif.close()
+            raise SlideError(f"{p}: truncated file: image data runs to byte {max(ends)} of {size}; re-copy the slide")
+    return tif
+
+
+def _check_tiff_chain(p: Path, max_ifds: int = 4096) -> None:
+    """Walk the IFD chain (classic and BigTIFF) and refuse files whose IFDs point past the end (truncated)."""
+    import struct
+
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(16)
+        endian = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(endian + "H", head[2:4])[0] == 43
+        offset = struct.unpack(endian + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
+        count_fmt, entry_size, next_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+        seen = set()
+        while offset:
+            if offset in seen or len(seen) >= max_ifds:
+                raise SlideError(f"{p}: TIFF directory chain loops; the file is damaged")
+            seen.add(offset)
+            count_size = struct.calcsize(count_fmt)
+            if offset + count_size > size:
+                raise SlideError(f"{p}: truncated file: a TIFF directory starts at byte {offset} of {size}; "
+                                 "re-copy the slide")
+            fh.seek(offset)
+            (count,) = struct.unpack(endian + count_fmt, fh.read(count_size))
+            next_at = offset + count_size + count * entry_size
+            if next_at + struct.calcsize(next_fmt) > size:
+                raise SlideError(f"{p}: truncated file: a TIFF directory runs past byte {size}; re-copy the slide")
+            fh.seek(next_at)
+            (offset,) = struct.unpack(endian + next_fmt, fh.read(struct.calcsize(next_fmt)))
 
 
 def _tiff_slide(p: Path, tif, mpp_override: float | None, vendor: str) -> TiffSlide:

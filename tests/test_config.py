@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT
 
+from conftest import ROOT
 from pipeline.config import load_config, load_samples
 from pipeline.errors import ConfigError
 

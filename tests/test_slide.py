@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import blob_image, write_pyramid_tiff
 
+from conftest import blob_image, write_pyramid_tiff
 from pipeline.errors import SlideError
 from pipeline.slide import open_slide, safe_properties
 
