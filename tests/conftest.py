@@ -75,3 +75,64 @@ def small_svs(tmp_path) -> Path:
     """A 2048 x 1536 Aperio-style SVS at 0.5 um/px with three levels (0.5, 2, 8 um/px)."""
     return write_pyramid_tiff(tmp_path / "small.svs", blob_image(2048, 1536, seed=1), mpp=0.5, levels=3,
                               aperio=True)
+
+
+# ---- the workflow on the sample cohort --------------------------------------------------------------
+SAMPLE_SHEET = ROOT / "configs" / "samples.tsv"
+
+
+def absolute_sheet(dest: Path, source: Path = SAMPLE_SHEET, keep=None, extra_rows=()) -> Path:
+    """Copy a sample sheet with paths made absolute (relative paths resolve against the repo root)."""
+    import csv
+
+    with open(source, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if keep is not None:
+        rows = [r for r in rows if keep(r)]
+    for r in rows:
+        r["path"] = str((ROOT / r["path"]).resolve())
+    rows += [dict(r) for r in extra_rows]
+    with open(dest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["case_id", "slide_id", "path", "stain", "mpp"], delimiter="\t",
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest
+
+
+def snakemake_cmd(workdir: Path, sheet: Path, *extra: str, cores: int = 2) -> list[str]:
+    """The workflow command for a run in ``workdir`` (results/, logs/, benchmarks/ all land there)."""
+    import sys
+
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+            "--directory", str(workdir), "--configfile", str(ROOT / "configs" / "config.yaml"),
+            "--config", f"samples={sheet}", f"markers={ROOT / 'configs' / 'markers.yaml'}",
+            f"model={ROOT / 'models' / MODEL_DIR_NAME}",
+            "--cores", str(cores), "--keep-going", "--quiet", "rules", *extra]
+
+
+def _default_model_dir_name() -> str:
+    from pipeline.config import load_schema
+
+    return Path(load_schema("config")["properties"]["model"]["default"]).name
+
+
+MODEL_DIR_NAME = _default_model_dir_name()
+
+
+def require_sample_cohort() -> None:
+    if not SAMPLE_SHEET.is_file() or not (ROOT / "slides_sample" / ".stamp").is_file():
+        pytest.skip("sample cohort not generated: run `make slides` (make test does it first)")
+
+
+@pytest.fixture(scope="session")
+def cohort_run(tmp_path_factory) -> Path:
+    """One clean workflow run on the whole sample cohort; returns its work directory."""
+    import subprocess
+
+    require_sample_cohort()
+    workdir = tmp_path_factory.mktemp("cohort_run")
+    sheet = absolute_sheet(workdir / "samples.tsv")
+    proc = subprocess.run(snakemake_cmd(workdir, sheet), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
