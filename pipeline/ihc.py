@@ -153,7 +153,6 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     positive-cell detection (0.5 um/px, 10-400 um2, smoothing ~1 um).
     """
     from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     if mpp <= 0:
@@ -170,15 +169,18 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     min_dist_px = max(1, int(round(min_distance_um / mpp)))
     # Smooth the distance map a little so that irregular outlines do not seed several maxima per nucleus.
     dist_s = ndi.gaussian_filter(dist, sigma=min_dist_px / 3.0)
-    peaks = peak_local_max(dist_s, min_distance=min_dist_px, labels=components, exclude_border=False)
-    markers = np.zeros(mask.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    # Components with no peak (tiny or flat) keep one seed so that they are not lost.
-    seeded = np.unique(components[markers > 0])
-    unseeded = np.setdiff1d(np.arange(1, components.max() + 1), seeded)
+    # Seeds: local maxima of the smoothed distance map within a (2 min_dist + 1) window (a plateau = one seed).
+    # One maximum filter over the tile; skimage's peak_local_max with labels loops over objects in Python.
+    size = 2 * min_dist_px + 1
+    peaks = (dist_s >= ndi.maximum_filter(dist_s, size=size) - 1e-6) & mask
+    markers, n_peaks = ndi.label(peaks)
+    # Components with no seed (a bigger neighbour's maximum within the window) get one so they are not lost.
+    seeded = np.zeros(components.max() + 1, bool)
+    seeded[components[markers > 0]] = True
+    unseeded = np.flatnonzero(~seeded[1:]) + 1
     if len(unseeded):
         extra = ndi.maximum_position(dist, components, unseeded)
-        for i, pos in enumerate(extra, start=len(peaks) + 1):
+        for i, pos in enumerate(extra, start=n_peaks + 1):
             markers[pos] = i
     labels = watershed(-dist_s, markers, mask=mask)
     areas = np.bincount(labels.ravel())
@@ -264,11 +266,12 @@ class Deconvolver:
 
 def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
                   deconvolver: Deconvolver | None = None, nucleus_od_min: float | None = None,
-                  return_images: bool = False):
+                  return_images: bool = False, nuclei_include_dab: bool = True):
     """Counts for one RGB tile at ``mpp`` um/px (see COUNT_COLUMNS); with ``return_images`` also the maps.
 
     ``nucleus_od_min`` is the slide's calibrated threshold; None uses the configured number, or with
-    ``auto`` estimates it from this tile alone.
+    ``auto`` estimates it from this tile alone. ``nuclei_include_dab=False`` finds nuclei on haematoxylin
+    alone (for pictures of cytoplasmic stains, where DAB fills the cytoplasm around the nuclei).
     """
     deconvolver = deconvolver or Deconvolver()
     h, dab, od = deconvolver(rgb)
@@ -281,7 +284,8 @@ def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
             if nucleus_od_min == "auto":
                 nucleus_od_min = estimate_nucleus_threshold(h, dab, mpp, params.nucleus_sigma_um,
                                                             params.dab_od_thresholds[0] / 2, params.nucleus_od_range)
-        labels = detect_nuclei(h, dab, mpp, sigma_um=params.nucleus_sigma_um, od_min=nucleus_od_min,
+        labels = detect_nuclei(h, dab if nuclei_include_dab else np.zeros_like(dab), mpp,
+                               sigma_um=params.nucleus_sigma_um, od_min=nucleus_od_min,
                                min_area_um2=params.nucleus_min_area_um2, max_area_um2=params.nucleus_max_area_um2,
                                min_distance_um=params.nucleus_min_distance_um)
         counts.update(nucleus_counts(labels, h, dab, params.dab_od_thresholds, params.nucleus_dab_fraction_min,
@@ -513,13 +517,18 @@ CLASS_COLOURS = np.array([[235, 235, 235], [255, 220, 60], [255, 140, 0], [200, 
 
 def contact_sheet(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool = True,
                   deconvolver: Deconvolver | None = None, title: str = "",
-                  nucleus_od_min: float | None = None) -> tuple[np.ndarray, dict]:
-    """RGB | haematoxylin | DAB | intensity classes | nuclei (blue negative, red positive), one row."""
+                  nucleus_od_min: float | None = None, nuclear_marker: bool = True) -> tuple[np.ndarray, dict]:
+    """RGB | haematoxylin | DAB | intensity classes | nuclei (blue negative, red positive), one row.
+
+    Nuclei are always drawn; for a cytoplasmic/membranous marker (``nuclear_marker=False``) they are found on
+    haematoxylin alone, and their counts are for the picture only (such markers are read by area).
+    """
     from PIL import Image, ImageDraw
     from skimage.segmentation import find_boundaries
 
     deconvolver = deconvolver or Deconvolver()
-    counts, maps = quantify_tile(rgb, mpp, params, nuclear, deconvolver, nucleus_od_min, return_images=True)
+    counts, maps = quantify_tile(rgb, mpp, params, nuclear, deconvolver, nucleus_od_min, return_images=True,
+                                 nuclei_include_dab=nuclear_marker)
     h, dab, tissue = maps["h"], maps["dab"], maps["tissue"]
     zero = np.zeros_like(h)
     h_img = stain.compose(h, zero, deconvolver.matrix)
@@ -577,7 +586,7 @@ def run(args) -> None:
     from PIL import Image
 
     from pipeline.config import load_config
-    from pipeline.markers import load_markers, marker_entry
+    from pipeline.markers import is_nuclear, load_markers, marker_entry
 
     config = load_config(args.config)
     params = IhcParams.from_config(config.get("ihc"))
@@ -592,8 +601,8 @@ def run(args) -> None:
                                                          Image.Resampling.LANCZOS))
         deconvolver = Deconvolver(stain.HDAB_REFERENCE, tuple(stain.estimate_background(rgb))
                                   if params.background == "estimated" else (255.0, 255.0, 255.0))
-        sheet, m = contact_sheet(rgb, params.quantify_mpp, params, True,
-                                 deconvolver, title=Path(args.image).name)
+        sheet, m = contact_sheet(rgb, params.quantify_mpp, params, True, deconvolver,
+                                 title=f"{Path(args.image).name} ({args.marker})", nuclear_marker=is_nuclear(entry))
         out = args.contact_sheet or "contact_sheet.png"
         atomic.write_bytes(out, _png_bytes(sheet))
         log.info("%s: DAB+ area %s %%, H-score %s, %d nuclei (%s %% positive); contact sheet %s", args.image,
@@ -708,9 +717,9 @@ def _slide_contact_sheet(slide, rows, grid_size_um, params, entry, summary, path
     sheets = []
     for i in picks:
         rgb = slide.read_tile(rows[i]["x"], rows[i]["y"], tile_px, params.quantify_mpp)
-        sheet, _ = contact_sheet(rgb, params.quantify_mpp, params, is_nuclear(entry), deconvolver,
+        sheet, _ = contact_sheet(rgb, params.quantify_mpp, params, True, deconvolver,
                                  title=f"tile x={rows[i]['x']} y={rows[i]['y']}",
-                                 nucleus_od_min=summary["method"]["nucleus_od_min"])
+                                 nucleus_od_min=summary["method"]["nucleus_od_min"], nuclear_marker=is_nuclear(entry))
         sheets.append(sheet)
     atomic.write_bytes(path, _png_bytes(np.concatenate(sheets, axis=0)))
 
