@@ -571,7 +571,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--mpp", type=float, default=None,
                         help="level-0 um/px override for --slide (sample sheet `mpp`), or the um/px of --image "
                              "(default 0.5)")
-    parser.add_argument("--marker", default="Ki67", help="marker name from the knowledge base (the slide's stain)")
+    parser.add_argument("--marker", default=None,
+                        help="marker name from the knowledge base (the slide's stain); --image defaults to Ki67")
     parser.add_argument("--tiles", help="tiles.parquet from tile-slide")
     parser.add_argument("--qc", help="qc.json from qc-slide")
     parser.add_argument("--config", default="configs/config.yaml", help="config file")
@@ -586,11 +587,16 @@ def run(args) -> None:
     from PIL import Image
 
     from pipeline.config import load_config
+    from pipeline.errors import ConfigError
     from pipeline.markers import is_nuclear, load_markers, marker_entry
 
     config = load_config(args.config)
     params = IhcParams.from_config(config.get("ihc"))
     kb = load_markers(args.markers or config["markers"])
+    if args.marker is None and args.image:
+        args.marker = "Ki67"
+    if args.marker is None:
+        raise ConfigError("--slide needs --marker (the slide's stain, a marker of the knowledge base)")
     entry = marker_entry(kb, args.marker)
     if args.image:
         rgb = np.asarray(Image.open(args.image).convert("RGB"))
@@ -609,7 +615,7 @@ def run(args) -> None:
                  m["area_positive_pct"], m["h_score"], m["nuclei"], m["nuclei_positive_pct"], out)
         return
     if not (args.tiles and args.out and args.out_tiles):
-        raise SystemExit("error: --slide needs --tiles, --out-tiles and --out")
+        raise ConfigError("--slide needs --tiles (tiles.parquet), --out-tiles and --out")
     run_slide(args, config, params, kb, entry)
 
 
