@@ -1,0 +1,316 @@
+"""Score a slide's tile grid with the CNN: calibrated class probabilities and an OOD score per tile.
+
+Tiles are read at the model card's um/px in background readers -- threads, each with its own open Slide
+(the default: the TIFF reader decodes JPEG in C with the GIL released), or DataLoader worker processes that
+open the slide once per worker -- while the main thread runs batched inference under
+``torch.inference_mode`` (channels_last; bfloat16 autocast on CPU where the card allows it; CUDA with AMP
+when present). Output: ``scores.parquet`` with level-0 ``x``, ``y`` (int64), ``prob_<class>`` and
+``ood_score`` (float32), in grid order, and the run's metadata in the schema metadata (key ``slide_triage``).
+
+A failed or empty grid, or a slide whose pixels cannot be decoded, gives an empty table with status and
+reason (exit 0): one bad slide never stops the cohort. A grid at another scale than the model's is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import atomic
+from pipeline.errors import ModelError, SlideError
+
+log = logging.getLogger(__name__)
+META_KEY = b"slide_triage"
+SCORES_VERSION = 1
+MPP_TOLERANCE = 1e-3  # relative difference between the grid's target_mpp and the card's mpp
+
+
+# ---- tile readers ---------------------------------------------------------------------------------------
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+
+
+class ThreadTileReader:
+    """Reads batches of tiles in a thread pool; each thread opens the slide once (readers are not shared)."""
+
+    def __init__(self, path, mpp: float | None, tile_px: int, target_mpp: float, workers: int):
+        self.path, self.mpp, self.tile_px, self.target_mpp = path, mpp, tile_px, target_mpp
+        self.workers = max(1, workers)
+        self._local = threading.local()
+        self._opened: list = []
+        self._lock = threading.Lock()
+
+    def _slide(self):
+        slide = getattr(self._local, "slide", None)
+        if slide is None:
+            from pipeline.slide import open_slide
+
+            slide = self._local.slide = open_slide(self.path, mpp=self.mpp)
+            with self._lock:
+                self._opened.append(slide)
+        return slide
+
+    def read(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        slide = self._slide()
+        out = np.empty((len(xs), self.tile_px, self.tile_px, 3), np.uint8)
+        for i, (x0, y0) in enumerate(zip(xs, ys, strict=True)):
+            out[i] = slide.read_tile(int(x0), int(y0), self.tile_px, self.target_mpp)
+        return out
+
+    def iter_batches(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        """Batches in order, reading up to ``workers + 1`` batches ahead of the consumer."""
+        spans = _batches(len(x), batch_size)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="tile-reader") as pool:
+            pending = []
+            for a, b in spans[: self.workers + 1]:
+                pending.append(pool.submit(self.read, x[a:b], y[a:b]))
+            next_span = len(pending)
+            while pending:
+                batch = pending.pop(0).result()
+                if next_span < len(spans):
+                    a, b = spans[next_span]
+                    pending.append(pool.submit(self.read, x[a:b], y[a:b]))
+                    next_span += 1
+                yield batch
+
+    def close(self) -> None:
+        for slide in self._opened:
+            slide.close()
+        self._opened.clear()
+
+
+class _BatchDataset:
+    """torch Dataset of whole batches (index = batch number); the slide is opened once per worker process."""
+
+    def __init__(self, path, mpp, tile_px, target_mpp, x, y, batch_size):
+        self.reader = ThreadTileReader(path, mpp, tile_px, target_mpp, workers=1)
+        self.x, self.y, self.spans = x, y, _batches(len(x), batch_size)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        a, b = self.spans[i]
+        return torch.from_numpy(self.reader.read(self.x[a:b], self.y[a:b]))
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def iter_batches_processes(path, mpp, tile_px, target_mpp, x, y, batch_size, workers) -> Iterator[np.ndarray]:
+    """The same batches from a torch DataLoader with ``workers`` processes (each opens the slide once)."""
+    import torch.utils.data as tud
+
+    ds = _BatchDataset(path, mpp, tile_px, target_mpp, x, y, batch_size)
+    loader = tud.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=_worker_init,
+                            prefetch_factor=2 if workers else None, persistent_workers=False)
+    for batch in loader:
+        yield batch.numpy()
+    ds.reader.close()
+
+
+# ---- inference ------------------------------------------------------------------------------------------
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda: no CUDA device is visible to torch; use --device auto or cpu")
+    return device
+
+
+def pick_precision(precision: str, card: dict, device: str) -> str:
+    """``bf16`` when allowed by the card (and asked for or ``auto`` on a CPU with bf16 support), else fp32.
+
+    On CUDA ``auto`` gives fp16 autocast (AMP) when the card allows reduced precision.
+    """
+    import torch
+
+    allowed = bool(card["precision"]["bf16_allowed"])
+    if precision == "fp32" or not allowed:
+        if precision in {"bf16", "fp16"} and not allowed:
+            log.warning("the model card does not allow reduced precision; scoring in fp32")
+        return "fp32"
+    if device == "cuda":
+        return "bf16" if precision == "bf16" else "fp16"
+    if precision == "auto" and not torch.backends.mkldnn.is_available():
+        return "fp32"
+    return "bf16"
+
+
+def check_grid_scale(grid_meta: dict, card: dict, tiles_path) -> None:
+    """Refuse a grid laid at another scale or tile size than the model was trained on."""
+    target, mpp = float(grid_meta.get("target_mpp", card["mpp"])), float(card["mpp"])
+    if abs(target - mpp) > MPP_TOLERANCE * mpp:
+        raise ModelError(f"{tiles_path}: tiles are at {target:g} um/px but model {card['model_id']} expects "
+                         f"{mpp:g} um/px; set tiling.target_mpp: {mpp:g} in the config (or use a model for "
+                         f"{target:g} um/px)")
+    tile_px = int(grid_meta.get("tile_px", card["tile_px"]))
+    if tile_px != int(card["tile_px"]):
+        raise ModelError(f"{tiles_path}: tiles are {tile_px} px but model {card['model_id']} expects "
+                         f"{card['tile_px']} px; set tiling.tile_px: {card['tile_px']} in the config")
+
+
+def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None, batch_size: int = 64,
+                threads: int = 2, device: str = "cpu", precision: str = "auto", reader: str = "threads",
+                readers: int | None = None, progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """Score every tile of ``grid`` (a :class:`pipeline.tiling.TileGrid`) on the slide at ``slide_path``.
+
+    ``model`` is a :class:`pipeline.models.TileClassifier` already on ``device``. Returns ``(columns, meta)``:
+    columns ``x``, ``y`` (int64 level-0), ``prob_<class>`` and ``ood_score`` (float32) in grid order; meta
+    has the model, scale, precision and speed. Raises :class:`SlideError` if pixels cannot be read.
+    """
+    import torch
+    from tqdm import tqdm
+
+    n = len(grid.x)
+    tile_px, target_mpp = int(card["tile_px"]), float(card["mpp"])
+    precision = pick_precision(precision, card, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    readers = max(1, threads // 2 if readers is None else readers)
+    probs = np.empty((n, len(card["classes"])), np.float32)
+    ood = np.empty(n, np.float32)
+    x, y = np.asarray(grid.x, np.int64), np.asarray(grid.y, np.int64)
+    if reader == "threads":
+        tile_reader = ThreadTileReader(slide_path, mpp, tile_px, target_mpp, readers)
+        batches = tile_reader.iter_batches(x, y, batch_size)
+    elif reader == "processes":
+        tile_reader, batches = None, iter_batches_processes(slide_path, mpp, tile_px, target_mpp, x, y, batch_size,
+                                                            readers)
+    else:
+        raise ValueError(f"reader must be threads or processes, got {reader!r}")
+    start, done = time.perf_counter(), 0
+    bar = tqdm(total=n, unit="tile", disable=not progress, file=sys.stderr, desc=grid.meta.get("slide_id", "tiles"))
+    try:
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            for batch in batches:
+                t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)  # NHWC memory = channels_last
+                if device != "cpu":
+                    t = t.pin_memory().to(device, non_blocking=True)
+                p, o = model.score(t)
+                probs[done:done + len(batch)] = p.float().cpu().numpy()
+                ood[done:done + len(batch)] = o.float().cpu().numpy()
+                done += len(batch)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        if tile_reader is not None:
+            tile_reader.close()
+    seconds = time.perf_counter() - start
+    columns = {"x": x, "y": y}
+    columns.update({f"prob_{c}": probs[:, i] for i, c in enumerate(card["classes"])})
+    columns["ood_score"] = ood
+    meta = {
+        "device": device, "precision": precision, "threads": threads, "readers": readers, "reader": reader,
+        "batch_size": batch_size, "seconds": round(seconds, 3), "tiles_per_s": round(n / seconds, 1) if n else 0.0,
+    }
+    return columns, meta
+
+
+def empty_columns(classes) -> dict[str, np.ndarray]:
+    columns = {"x": np.zeros(0, np.int64), "y": np.zeros(0, np.int64)}
+    columns.update({f"prob_{c}": np.zeros(0, np.float32) for c in classes})
+    columns["ood_score"] = np.zeros(0, np.float32)
+    return columns
+
+
+def write_scores(path, columns: dict[str, np.ndarray], meta: dict) -> None:
+    """Write scores.parquet atomically: int64 x/y, float32 everything else, metadata as JSON."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {k: pa.array(v, pa.int64() if k in {"x", "y"} else pa.float32()) for k, v in columns.items()}
+    table = pa.table(arrays).replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_scores(path) -> tuple[dict[str, np.ndarray], dict]:
+    """(columns as numpy arrays, metadata) of a scores.parquet."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    return {name: table.column(name).to_numpy() for name in table.column_names}, meta
+
+
+def model_meta(card: dict) -> dict:
+    return {"model_id": card["model_id"], "weights_sha256": card["weights"]["sha256"],
+            "architecture": card["architecture"], "classes": list(card["classes"]), "tile_px": card["tile_px"],
+            "target_mpp": card["mpp"], "ood_score": "> 1 = unlike the training data (see the model card)"}
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------
+def configure_parser(parser) -> None:
+    parser.add_argument("--slide", required=True, help="slide file")
+    parser.add_argument("--mpp", type=float, default=None, help="level-0 um/px override (sample sheet `mpp`)")
+    parser.add_argument("--tiles", required=True, help="tiles.parquet from tile-slide")
+    parser.add_argument("--model", required=True, help="model directory (card.json + weights), models/<model_id>")
+    parser.add_argument("--out", required=True, help="scores.parquet to write")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="inference device")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="auto: bf16 autocast on CPU / fp16 AMP on CUDA where the model card allows it")
+    parser.add_argument("--reader", choices=["threads", "processes"], default="threads",
+                        help="tile readers: a thread pool (default, measured faster) or DataLoader processes")
+    parser.add_argument("--readers", type=int, default=None,
+                        help="reader threads/processes (default: half of --threads, at least 1)")
+
+
+def run(args) -> None:
+    import torch
+
+    from pipeline.models import load_model
+    from pipeline.tiling import read_tile_grid
+
+    if args.threads < 1 or args.batch_size < 1:
+        raise ModelError("--threads and --batch-size must be >= 1")
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    model, card = load_model(args.model, device)
+    model = model.to(memory_format=torch.channels_last)
+    try:
+        grid = read_tile_grid(args.tiles)
+    except (OSError, KeyError, ValueError) as exc:
+        raise SlideError(f"{args.tiles}: cannot read the tile grid ({exc}); re-run tile-slide") from exc
+    meta = {"scores_version": SCORES_VERSION, "slide_id": grid.meta.get("slide_id", Path(args.slide).stem),
+            **model_meta(card), "effective_mpp": grid.meta.get("effective_mpp"), "level": grid.meta.get("level"),
+            "n_tiles": len(grid.x), "status": "ok", "reason": ""}
+    status = grid.meta.get("status", "ok")
+    if status == "failed":
+        meta.update(status="failed", reason=f"tile grid failed: {grid.meta.get('reason', '')}", n_tiles=0)
+    elif len(grid.x) == 0:
+        meta.update(status="empty", reason=grid.meta.get("reason") or "the tile grid has no tiles")
+    if meta["status"] != "ok":
+        log.warning("%s: %s; writing an empty score table", meta["slide_id"], meta["reason"])
+        write_scores(args.out, empty_columns(card["classes"]), meta)
+        return
+    check_grid_scale(grid.meta, card, args.tiles)
+    try:
+        columns, run_meta = score_tiles(args.slide, grid, model, card, mpp=args.mpp, batch_size=args.batch_size,
+                                        threads=args.threads, device=device, precision=args.precision,
+                                        reader=args.reader, readers=args.readers, progress=sys.stderr.isatty())
+    except SlideError as exc:
+        log.error("%s", exc)
+        meta.update(status="failed", reason=str(exc), n_tiles=0)
+        write_scores(args.out, empty_columns(card["classes"]), meta)
+        return
+    meta.update(run_meta)
+    write_scores(args.out, columns, meta)
+    log.info("%s: %d tiles scored in %.1f s (%.0f tiles/s, %s, %s, %d threads)", meta["slide_id"], len(grid.x),
+             run_meta["seconds"], run_meta["tiles_per_s"], device, run_meta["precision"], args.threads)
