@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 CASE_VERSION = 1
 HE_STAIN = "HE"
 CARCINOMA, SARCOMA, REFER, NO_TUMOUR = ("favours metastatic carcinoma", "favours sarcoma", "refer", "no tumour")
-DEFAULT_PARAMS = {"he_min_confidence": 0.6, "lineage_evidence_min": 1.0, "he_only_calls": True}
+DEFAULT_PARAMS = {"he_min_confidence": 0.5, "lineage_evidence_min": 1.0, "he_only_calls": True}
 RESULT_ORDER = {"positive": 3, "equivocal": 2, "negative": 1}
 PRIORITY_LABELS = {
     1: "first: suspected metastatic carcinoma, conflicting evidence or melanocytic pattern",
@@ -69,6 +69,8 @@ def inputs_from_summaries(summaries: list[dict]) -> tuple[list[dict], list[dict]
             call = s.get("slide_call") or {}
             he_calls.append({**common, "call": call.get("call"), "confidence": call.get("confidence"),
                              "reason": call.get("reason", ""), "tumour_burden": call.get("tumour_burden"),
+                             "leading_call": call.get("leading_call"),
+                             "leading_confidence": call.get("leading_confidence"),
                              "status": s.get("status", "ok")})
         else:
             ihc = s.get("ihc") or {}
@@ -201,12 +203,17 @@ def call_case(he_calls: list[dict], ihc_results: list[dict], kb: dict, params: d
         else:
             usable_he.append(he)
             conf = he.get("confidence")
+            note = he.get("reason", "")
+            if he["call"] == "refer" and he.get("leading_call"):
+                lead_conf = he.get("leading_confidence")
+                note += f"; leaning {he['leading_call']}" + (f" ({lead_conf:.2f})" if lead_conf is not None else "")
+            if he.get("tumour_burden") is not None:
+                note += f"; tumour burden {he['tumour_burden']:.2f}"
             evidence.append({
                 "slide_id": he["slide_id"], "stain": HE_STAIN, "kind": "H&E slide call", "finding": he["call"],
                 "value": conf, "metric": "confidence", "cutoff": p["he_min_confidence"],
                 "supports": he["call"] if he["call"] in {"carcinoma", "sarcoma", "no_tumour"} else "none",
-                "weight": None, "note": he.get("reason", "") + (
-                    f"; tumour burden {he['tumour_burden']:.2f}" if he.get("tumour_burden") is not None else "")})
+                "weight": None, "note": note.strip("; ")})
     he = he_consensus(usable_he, p["he_min_confidence"])
 
     usable_ihc = []
