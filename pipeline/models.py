@@ -236,9 +236,16 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> str:
-    """Write ``model``'s state_dict atomically; return its SHA-256."""
-    from pipeline.atomic import atomic_path
+    """Write ``model``'s state_dict atomically; return its SHA-256.
 
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-    return sha256_file(path)
+    Saved through memory so the archive's inner folder name does not depend on the temporary file name:
+    the same weights always give the same bytes (and checksum).
+    """
+    import io
+
+    from pipeline.atomic import write_bytes
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buf)
+    write_bytes(path, buf.getvalue())
+    return hashlib.sha256(buf.getvalue()).hexdigest()

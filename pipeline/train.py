@@ -258,6 +258,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for AUC CIs")
     parser.add_argument("--cache-dir", default=None, help="cache for rendered synthetic patches")
+    parser.add_argument("--speed-seconds", type=float, default=4.0, help="duration of each tiles/s measurement")
 
 
 def gather(args, classes: list[str]) -> dict[str, list[Patch]]:
@@ -313,7 +314,7 @@ def run(args) -> None:
         vt, vo = eval_tiles(data["val"], args.tile_px)
         vl = np.array([data["val"][i].label for i in vo], int)
         val = evaluate(softmax(run_tiles(model, vt)), vl, classes, n_boot=0) if len(vl) else {}
-        speed = measure_speed(model, args.tile_px, 64)
+        speed = measure_speed(model, args.tile_px, 64, args.speed_seconds)
         candidates.append({"architecture": arch, "model": model, "info": info, "val": val, "tiles_per_s": speed})
         log.info("%s: val balanced accuracy %s, %.0f tiles/s", arch, val.get("balanced_accuracy"), speed)
     fast = [c for c in candidates if c["tiles_per_s"] >= args.min_tiles_per_s] or candidates
@@ -321,8 +322,8 @@ def run(args) -> None:
     model = chosen["model"]
     calibration = calibrate_and_fit_ood(model, data, args.tile_px)
     metrics, precision = test_metrics(model, data["test"], classes, args.tile_px, args.bootstrap, args.seed)
-    speed_fp32 = measure_speed(model, args.tile_px, 64, bf16=False)
-    speed_bf16 = measure_speed(model, args.tile_px, 64, bf16=True)
+    speed_fp32 = measure_speed(model, args.tile_px, 64, args.speed_seconds, bf16=False)
+    speed_bf16 = measure_speed(model, args.tile_px, 64, args.speed_seconds, bf16=True)
     weights_file = "weights.pt"
     sha = save_weights(model, out / weights_file)
     card = {
