@@ -320,9 +320,12 @@ def crop_batch(images: list[np.ndarray], tile_px: int, rng: np.random.Generator,
     return out
 
 
-def colour_augment(batch, generator, hed_sigma: float = 0.05, hed_bias: float = 0.03,
-                   brightness: float = 0.08, contrast: float = 0.1, blur_fraction: float = 0.2):
-    """Per-tile stain (HED scale/shift), brightness/contrast and blur jitter of a float (B, 3, H, W) 0-255 batch."""
+def colour_augment(batch, generator, hed_sigma: float = 0.2, hed_bias: float = 0.05,
+                   brightness: float = 0.1, contrast: float = 0.15, blur_fraction: float = 0.2,
+                   grey_fraction: float = 0.1):
+    """Per-tile stain (HED scale/shift), brightness/contrast, blur and greyscale jitter of a float (B, 3, H, W)
+    0-255 batch. The default HED jitter is the "strong" setting of Tellez et al. (2019): colour is an unreliable
+    cue between centres (and between the real sources of each class here), so the model must use morphology."""
     import torch
     import torch.nn.functional as F
 
@@ -350,6 +353,9 @@ def colour_augment(batch, generator, hed_sigma: float = 0.05, hed_bias: float = 
         sel = F.conv2d(F.pad(sel, (2, 2, 0, 0), mode="reflect"), k.view(1, 1, 1, 5).repeat(3, 1, 1, 1), groups=3)
         sel = F.conv2d(F.pad(sel, (0, 0, 2, 2), mode="reflect"), k.view(1, 1, 5, 1).repeat(3, 1, 1, 1), groups=3)
         x[blur.to(dev)] = sel
+    grey = (torch.rand(b, generator=generator) < grey_fraction).to(dev)
+    if grey.any():
+        x[grey] = x[grey].mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     return x.clamp(0, 255)
 
 

@@ -107,7 +107,7 @@ def test_augmentation_shapes_ranges_and_identity():
     assert np.array_equal(centre[0], imgs[0][8:72, 13:77])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
     gen = torch.Generator().manual_seed(0)
-    same = colour_augment(x, gen, hed_sigma=0, hed_bias=0, brightness=0, contrast=0, blur_fraction=0)
+    same = colour_augment(x, gen, hed_sigma=0, hed_bias=0, brightness=0, contrast=0, blur_fraction=0, grey_fraction=0)
     assert torch.allclose(same, x.clamp(0, 255), atol=0.05)  # HED round trip is exact
     jittered = colour_augment(x, gen)
     assert jittered.shape == x.shape and jittered.min() >= 0 and jittered.max() <= 255
