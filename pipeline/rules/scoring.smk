@@ -2,33 +2,34 @@
 # scores by the summary stage (pipeline/aggregate.py). Needs from common.smk: HE_SLIDES, RESULTS, PIPELINE,
 # slide_file, mpp_arg.
 
+import json
+import os
+
 # Only H&E slides match (the CNN is an H&E model); "(?!)" matches nothing when there are none.
 HE_PATTERN = "|".join(HE_SLIDES) or "(?!)"
 
 
-def model_files(wildcards):
-    """The model card and the weights it names: a new model re-scores every slide."""
-    import json
-
-    card = f"{config['model']}/card.json"
-    try:
-        with open(card, encoding="utf-8") as fh:
-            return [card, f"{config['model']}/{json.load(fh)['weights']['file']}"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return [card]  # score-tiles names the problem with the card
+# The model card and the weights it names are inputs: a new model re-scores every slide. (A missing or broken
+# card leaves only the card as input; score-tiles then names the problem.)
+MODEL_CARD = f"{config['model']}/card.json"
+try:
+    with open(MODEL_CARD, encoding="utf-8") as _card:
+        MODEL_FILES = [MODEL_CARD, f"{config['model']}/{json.load(_card)['weights']['file']}"]
+except (OSError, ValueError, KeyError, TypeError):
+    MODEL_FILES = [MODEL_CARD]
 
 
 rule score_tiles:
     input:
         slide=slide_file,
         tiles=f"{RESULTS}/slides/{{slide}}/tiles.parquet",
-        model=model_files,
+        model=MODEL_FILES,
     output:
         scores=f"{RESULTS}/slides/{{slide}}/scores.parquet",
     params:
         pipeline=PIPELINE,
         mpp=mpp_arg,
-        model=config["model"],
+        model=lambda wildcards, input: os.path.dirname(input.model[0]),
     wildcard_constraints:
         slide=HE_PATTERN,
     log:

@@ -3,6 +3,8 @@
 # The candidate lands under results/models/; ship it by copying card.json + weights.pt to models/<model_id>/
 # and pointing the config's `model` at it. Needs from common.smk: RESULTS, PIPELINE.
 
+import os
+
 # Labelled real patches (../shared/data/patches: <class>/<image> + labels.csv); rows without um/px get the
 # scale assumed below (TCIA osteosarcoma tiles: 10x, about 1 um/px; TCGA tiles: 20x, about 0.5 um/px).
 TRAIN_PATCHES = "../shared/data/patches"
@@ -21,7 +23,7 @@ rule train_model:
         weights=f"{RESULTS}/models/{{model_id}}/weights.pt",
     params:
         pipeline=PIPELINE,
-        patches=TRAIN_PATCHES,
+        patches=lambda wildcards, input: os.path.dirname(input.labels),
         assume=" ".join(f"--assume-mpp {a}" for a in TRAIN_ASSUME_MPP),
         extra=TRAIN_ARGS,
         out=lambda wildcards: f"{RESULTS}/models/{wildcards.model_id}",
