@@ -133,12 +133,21 @@ def pick_device(device: str) -> str:
     return device
 
 
+def _cpu_has_bf16() -> bool:
+    """Native bf16 on this CPU (AVX512-BF16 / AMX), as oneDNN sees it."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def pick_precision(precision: str, card: dict, device: str) -> str:
     """``bf16`` when allowed by the card (and asked for or ``auto`` on a CPU with bf16 support), else fp32.
 
     On CUDA ``auto`` gives fp16 autocast (AMP) when the card allows reduced precision.
     """
-    import torch
 
     allowed = bool(card["precision"]["bf16_allowed"])
     if precision == "fp32" or not allowed:
@@ -147,8 +156,8 @@ def pick_precision(precision: str, card: dict, device: str) -> str:
         return "fp32"
     if device == "cuda":
         return "bf16" if precision == "bf16" else "fp16"
-    if precision == "auto" and not torch.backends.mkldnn.is_available():
-        return "fp32"
+    if precision == "auto" and not _cpu_has_bf16():
+        return "fp32"  # emulated bf16 is slower than fp32
     return "bf16"
 
 
