@@ -17,6 +17,7 @@ wildcard_constraints:
 
 
 include: "pipeline/rules/slides.smk"
+include: "pipeline/rules/outputs.smk"
 
 
 rule all:

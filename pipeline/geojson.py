@@ -243,8 +243,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--summary", required=True, help="summary.json from summarize-slide")
     parser.add_argument("--tiles", required=True, help="tiles.parquet from tile-slide (scale, slide size)")
     parser.add_argument("--mask", default=None, help="tissue.png from qc-slide (tissue outline)")
-    parser.add_argument("--scores", default=None, help="scores.parquet (H&E tiles)")
-    parser.add_argument("--ihc-tiles", default=None, help="ihc.parquet (IHC tiles)")
+    parser.add_argument("--scores", nargs="?", default=None, help="scores.parquet (H&E tiles)")
+    parser.add_argument("--ihc-tiles", nargs="?", default=None, help="ihc.parquet (IHC tiles)")
     parser.add_argument("--out", required=True, help="tiles.geojson to write")
 
 

@@ -326,9 +326,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--slide", default=None, help="slide file (hashed for provenance; its name never leaves)")
     parser.add_argument("--qc", required=True, help="qc.json from qc-slide")
     parser.add_argument("--tiles", default=None, help="tiles.parquet from tile-slide")
-    parser.add_argument("--scores", default=None, help="scores.parquet from score-tiles (H&E slides)")
-    parser.add_argument("--ihc", default=None, help="ihc.json from quantify-ihc (IHC slides)")
-    parser.add_argument("--ihc-tiles", default=None, help="ihc.parquet from quantify-ihc (IHC slides)")
+    parser.add_argument("--scores", nargs="?", default=None, help="scores.parquet from score-tiles (H&E slides)")
+    parser.add_argument("--ihc", nargs="?", default=None, help="ihc.json from quantify-ihc (IHC slides)")
+    parser.add_argument("--ihc-tiles", nargs="?", default=None, help="ihc.parquet from quantify-ihc (IHC slides)")
     parser.add_argument("--config", default="configs/config.yaml", help="config file")
     parser.add_argument("--full-hash", action="store_true",
                         help="also record a full SHA-256 of the slide file (about 1 s per GiB)")

@@ -58,8 +58,23 @@ def slide_dir(slide):
 
 
 def all_outputs(wildcards):
-    """The default target: per-slide results, per-case calls and the cohort report."""
+    """The default target: per-slide results, per-case calls and the cohort report.
+
+    The outputs for people (summaries, pictures, GeoJSON, case calls, worklist, review page; outputs.smk) join
+    once the stages they are made from are part of the workflow: scoring for H&E slides, IHC quantification
+    for IHC slides and the case call.
+    """
     targets = []
     for slide in SAMPLES:
         targets += [f"{slide_dir(slide)}/qc.json", f"{slide_dir(slide)}/tiles.parquet"]
+    needed = ["summarize_slide", "call_case"]
+    needed += ["score_tiles"] if HE_SLIDES else []
+    needed += ["quantify_ihc"] if IHC_SLIDES else []
+    if all(hasattr(rules, name) for name in needed):
+        for slide in SAMPLES:
+            d = slide_dir(slide)
+            targets += [f"{d}/summary.json", f"{d}/tiles.geojson", f"{d}/heatmap.png", f"{d}/top_tiles.png",
+                        f"{d}/tissue_overlay.png"]
+        targets += [f"{RESULTS}/cases/{case}/case.json" for case in CASES]
+        targets += [f"{RESULTS}/worklist.tsv", f"{RESULTS}/report.html", f"{RESULTS}/run_metadata.json"]
     return targets
