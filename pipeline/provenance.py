@@ -94,7 +94,6 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-@functools.cache
 def git_commit() -> str:
     """The pipeline's git commit: ``$SLIDE_TRIAGE_GIT_COMMIT`` if set (installs without .git, CI), else
     ``git rev-parse HEAD`` in the package's own checkout, else ``"unknown"``."""

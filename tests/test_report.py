@@ -1,0 +1,197 @@
+"""Cohort outputs: worklist order and rows, the HTML page, run metadata, the rules under Snakemake and its report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_summary import SLIDES, make_mini_cohort, make_slides, run_stages
+
+from conftest import ROOT
+from pipeline import DISCLAIMER
+from pipeline.report import check_results, render_html, worklist_rows, worklist_tsv
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLIDE_TRIAGE_GIT_COMMIT", "0" * 40)
+    yield make_mini_cohort(tmp_path_factory.mktemp("mini_report"))
+    mp.undo()
+
+
+def _summary(case_id, slide_id, stain="HE", status="ok", call="carcinoma", reason=""):
+    s = {"case_id": case_id, "slide_id": slide_id, "stain": stain, "kind": "HE" if stain == "HE" else "IHC",
+         "status": status, "reason": reason}
+    if stain == "HE":
+        s["slide_call"] = {"call": call, "confidence": 0.8, "reason": f"{call} because"}
+    else:
+        s["ihc"] = {"result": {"call": call, "metric": "area_positive_pct", "value": 12.5, "cutoff": 5.0,
+                               "reason": "r"}}
+    return s
+
+
+def _case(case_id, call, rank, sort_key=None):
+    return {"case_id": case_id, "call": call, "reason": f"{call} reason",
+            "priority": {"rank": rank, "sort_key": rank + 0.5 if sort_key is None else sort_key}}
+
+
+# ---- worklist ordering ----------------------------------------------------------------------------------
+def test_worklist_puts_carcinoma_and_conflicts_first_then_refer_then_the_rest():
+    cases = {"NOT": _case("NOT", "no tumour", 4), "SAR": _case("SAR", "favours sarcoma", 3),
+             "REF": _case("REF", "refer", 2), "MET": _case("MET", "favours metastatic carcinoma", 1, 1.6),
+             "CON": _case("CON", "refer", 1, 1.2)}
+    summaries = [_summary(c, f"{c}_HE") for c in cases]
+    rows = worklist_rows(cases, summaries)
+    assert [r["case_id"] for r in rows if r["level"] == "case"] == ["CON", "MET", "REF", "SAR", "NOT"]
+    assert [r["order"] for r in rows] == list(range(1, len(rows) + 1))
+    assert len(rows) == 2 * len(cases)
+
+
+def test_each_case_is_followed_by_its_slides_failed_first():
+    cases = {"A": _case("A", "refer", 2)}
+    summaries = [_summary("A", "A_ER", "ER", call="positive"), _summary("A", "A_HE"),
+                 _summary("A", "A_HE2", status="failed", reason="QC failed: no tissue")]
+    rows = worklist_rows(cases, summaries)
+    assert [(r["level"], r["slide_id"]) for r in rows] == [("case", ""), ("slide", "A_HE2"), ("slide", "A_HE"),
+                                                           ("slide", "A_ER")]
+    failed = rows[1]
+    assert failed["status"] == "failed" and failed["reason"] == "QC failed: no tissue"
+    assert failed["call"] == "not assessed" and failed["confidence"] is None
+    assert "failed slides: A_HE2" in rows[0]["details"]
+    assert rows[3]["call"].startswith("ER: positive (area_positive_pct 12.5, cut-off 5)")
+
+
+def test_case_without_case_call_is_listed_as_refer_not_dropped():
+    rows = worklist_rows({"A": _case("A", "no tumour", 4)}, [_summary("A", "A1"), _summary("B", "B1")])
+    case_rows = [r for r in rows if r["level"] == "case"]
+    assert [r["case_id"] for r in case_rows] == ["B", "A"]
+    assert case_rows[0]["call"] == "refer" and "no case call" in case_rows[0]["reason"]
+
+
+def test_worklist_tsv_has_one_line_per_row_and_no_stray_tabs():
+    summary = _summary("A", "A1", reason="bad\ttab\nand newline", status="failed")
+    text = worklist_tsv(worklist_rows({"A": _case("A", "refer", 2)}, [summary]))
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
+    assert len(rows) == 2 and rows[1]["reason"] == "bad tab and newline"
+    assert all(len(line.split("\t")) == 11 for line in text.splitlines())
+
+
+# ---- the page -------------------------------------------------------------------------------------------
+def test_page_escapes_text_and_loads_nothing_from_outside():
+    summary = _summary("A", "A1", reason="<script>alert(1)</script> & <img src=http://x>", status="failed")
+    rows = worklist_rows({"A": _case("A", "refer", 2)}, [summary])
+    page = render_html(rows, {"A": _case("A", "refer", 2)}, [summary], {})
+    assert "<script" not in page and "&lt;script&gt;" in page
+    assert "http://" in page and 'src="http' not in page  # the text is shown, never loaded
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert page.index(DISCLAIMER) < page.index('id="worklist"')  # the notice comes first
+
+
+def test_mini_cohort_outputs_pass_the_results_check(cohort):
+    assert check_results(cohort) == {}
+    rows = list(csv.DictReader((cohort / "worklist.tsv").read_text().splitlines(), delimiter="\t"))
+    assert [r["level"] for r in rows].count("slide") == len(SLIDES)
+    assert rows[0]["case_id"] == "C1" and rows[0]["call"] == "favours metastatic carcinoma"
+    failed = [r for r in rows if r["slide_id"] == "S3"][0]
+    assert failed["status"] == "failed" and failed["reason"].startswith("QC failed")
+    page = (cohort / "report.html").read_text()
+    assert page.count("data:image/") >= 9  # three pictures per slide, embedded
+    assert "broken_slide" not in page and str(cohort.parent) not in page
+
+
+def test_report_is_byte_stable_and_run_facts_go_to_run_metadata(cohort, tmp_path):
+    from pipeline.__main__ import main
+
+    summaries = [str(cohort / "slides" / s / "summary.json") for s in SLIDES]
+    cases = [str(p) for p in sorted(cohort.glob("cases/*/case.json"))]
+    out = {k: tmp_path / k for k in ("worklist.tsv", "report.html", "run_metadata.json")}
+    assert main(["make-report", "--summaries", *reversed(summaries), "--cases", *reversed(cases), "--out-worklist",
+                 str(out["worklist.tsv"]), "--out-html", str(out["report.html"]), "--out-metadata",
+                 str(out["run_metadata.json"])]) == 0
+    for name in ("worklist.tsv", "report.html"):
+        assert out[name].read_bytes() == (cohort / name).read_bytes(), name
+    meta = json.loads(out["run_metadata.json"].read_text())
+    for key in ("started", "finished", "host", "argv", "snakemake_version", "git_commit", "packages"):
+        assert key in meta, key
+    assert meta["n_slides"] == 3 and meta["n_failed_slides"] == 1
+
+
+@pytest.mark.slow
+def test_sample_cohort_outputs(cohort_run):
+    """End-to-end: the sample cohort's people-facing outputs are complete and valid."""
+    assert check_results(cohort_run / "results") == {}
+
+
+# ---- the rules under Snakemake --------------------------------------------------------------------------
+UPSTREAM = ("score_tiles", "quantify_ihc", "call_case")
+
+
+def workflow_snakefile(dest: Path) -> Path:
+    """The project's Snakefile with absolute includes, plus the analysis-stage rule files it does not include
+    yet (so the output rules can be run before the rest of the workflow is wired in)."""
+    text = (ROOT / "Snakefile").read_text()
+    text = text.replace('configfile: "configs/', f'configfile: "{ROOT}/configs/')
+    text = re.sub(r'include: "(pipeline/rules/[^"]+)"', lambda m: f'include: "{ROOT / m.group(1)}"', text)
+    for name in ("scoring", "ihc", "case"):
+        if f"rules/{name}.smk" not in text:
+            text = text.replace("\n\nrule all:", f'\ninclude: "{ROOT}/pipeline/rules/{name}.smk"\n\nrule all:')
+    dest.write_text(text)
+    return dest
+
+
+@pytest.mark.slow
+def test_rules_run_under_snakemake_and_its_report_has_the_pictures(tmp_path):
+    """Upstream results in place (stand-in scores), Snakemake runs only the output rules; --report works."""
+    slides = make_slides(tmp_path / "slides")
+    results = tmp_path / "results"
+    for slide_id, (_, stain) in SLIDES.items():
+        run_stages(slides[slide_id], slide_id, stain, results)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "card.json").write_text(json.dumps({"weights": {"file": "weights.pt"}}))
+    (model / "weights.pt").write_bytes(b"stand-in")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("case_id\tslide_id\tpath\tstain\tmpp\n" + "".join(
+        f"{c}\t{s}\t{slides[s]}\t{stain}\t\n" for s, (c, stain) in SLIDES.items()))
+    snakefile = workflow_snakefile(tmp_path / "Snakefile")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(tmp_path),
+           "--config", f"samples={sheet}", f"markers={ROOT / 'configs' / 'markers.yaml'}", f"model={model}",
+           "--cores", "2"]
+    env = {**os.environ, "SLIDE_TRIAGE_GIT_COMMIT": "0" * 40}
+    dry = subprocess.run([*cmd, "--dry-run", "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    # Upstream outputs newer than everything they are made from, in stage order, so only the output rules run.
+    base = time.time() - 100
+    for p in [*slides.values(), model / "card.json", model / "weights.pt", results / "config.yaml"]:
+        os.utime(p, (base, base))
+    for step, patterns in enumerate((("qc.json", "thumb.png", "tissue.png"), ("tiles.parquet",),
+                                     ("scores.parquet", "ihc.json", "ihc.parquet")), start=1):
+        for pattern in patterns:
+            for p in results.glob(f"slides/*/{pattern}"):
+                os.utime(p, (base + step, base + step))
+    run = subprocess.run([*cmd, "--quiet", "rules"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ran = set(re.findall(r"^(\w+)\s+\d+$", run.stdout + run.stderr, re.M))
+    assert ran >= {"summarize_slide", "draw_slide", "export_geojson", "make_report"}
+    assert not ran & {"qc_slide", "tile_slide", "score_tiles", "quantify_ihc"}
+    assert check_results(results) == {}
+    for rule in ("summarize_slide", "draw_slide", "export_geojson"):
+        assert (tmp_path / "logs" / rule / "S1.log").is_file() and (tmp_path / "benchmarks" / rule / "S1.tsv").is_file()
+    report = subprocess.run([*cmd, "--report", str(tmp_path / "snakemake_report.zip")], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "snakemake_report.zip").namelist()
+    for picture in ("heatmap.png", "top_tiles.png", "tissue_overlay.png", "worklist.tsv"):
+        assert sum(n.endswith(picture) for n in names) >= (1 if picture == "worklist.tsv" else 3), picture
+    lint = subprocess.run([*cmd, "--lint"], capture_output=True, text=True, env=env, timeout=300)
+    assert "outputs.smk:" not in lint.stdout + lint.stderr, lint.stdout[-3000:]
