@@ -13,8 +13,8 @@ Conventions of QuPath 0.4-0.6 (``qupath.lib.io.PathObjectTypeAdapters``):
   (H&E) or Positive / Negative by the marker's cut-off (IHC), with every probability / DAB metric as measurements.
   Their ids are UUID-5 of slide id + x + y, so the same tile keeps the same id across runs.
 * tissue: one ``annotation`` per tissue piece of the QC mask, traced with marching squares
-  (``skimage.measure.find_contours``), holes kept, simplified to within one mask pixel (Douglas-Peucker) and
-  scaled to level 0.
+  (``skimage.measure.find_contours``), holes kept, simplified to within one mask pixel (Douglas-Peucker,
+  :func:`simplify_line`) and scaled to level 0.
 
 Output is canonical JSON (sorted keys) and byte-stable. A failed slide gets an empty FeatureCollection.
 """
@@ -112,6 +112,31 @@ def _ring_area(ring: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
 
 
+def simplify_line(points: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker: the fewest points of a polyline (n, 2) that stay within ``tolerance`` of it; the end
+    points are kept, so a closed ring (first = last) stays closed."""
+    n = len(points)
+    if n <= 2:
+        return points
+    keep = np.zeros(n, bool)
+    keep[[0, -1]] = True
+    stack = [(0, n - 1)]
+    while stack:
+        a, b = stack.pop()
+        if b <= a + 1:
+            continue
+        seg = points[b] - points[a]
+        rel = points[a + 1:b] - points[a]
+        length = float(np.hypot(*seg))
+        dist = (np.abs(seg[0] * rel[:, 1] - seg[1] * rel[:, 0]) / length) if length > 0 else np.hypot(rel[:, 0],
+                                                                                                      rel[:, 1])
+        i = int(np.argmax(dist))
+        if dist[i] > tolerance:
+            keep[a + 1 + i] = True
+            stack += [(a, a + 1 + i), (a + 1 + i, b)]
+    return points[keep]
+
+
 def mask_polygons(mask: np.ndarray, level0_per_mask_px: float, width_px: int | None = None,
                   height_px: int | None = None, tolerance_px: float = 1.0) -> list[list[np.ndarray]]:
     """Polygons (exterior ring, then holes; each (n, 2) x/y level-0 float, closed) of a boolean mask's pieces.
@@ -120,17 +145,20 @@ def mask_polygons(mask: np.ndarray, level0_per_mask_px: float, width_px: int | N
     ``(r, c)`` covers level-0 ``[c, c + 1) x [r, r + 1)`` times ``level0_per_mask_px``; contours run through
     pixel-edge midpoints. Rings are simplified to within ``tolerance_px`` mask pixels.
     """
-    from skimage.measure import approximate_polygon, find_contours, label, regionprops
+    from scipy import ndimage
+    from skimage.measure import find_contours  # light import (the rest of skimage.measure pulls in scipy.signal)
 
     mask = np.asarray(mask) > 0
-    labels = label(mask, connectivity=1)
+    labels, _ = ndimage.label(mask)  # 4-connected (the default structuring element)
     polygons = []
-    for region in regionprops(labels):
-        r0, c0, r1, c1 = region.bbox
-        piece = np.pad(labels[r0:r1, c0:c1] == region.label, 1)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        r0, c0 = box[0].start, box[1].start
+        piece = np.pad(labels[box] == k, 1)
         rings = []
         for contour in find_contours(piece.astype(np.float32), 0.5):
-            simple = approximate_polygon(contour, tolerance=tolerance_px)
+            simple = simplify_line(contour, tolerance_px)
             if len(simple) < 4:
                 continue
             # (row, col) in the padded crop -> mask pixel-centre coordinates -> level-0 (pixel centre = +0.5)

@@ -144,3 +144,12 @@ def test_undefined_ihc_metrics_are_left_out_not_null():
     assert "area_positive_pct" not in features[1]["properties"]["measurements"]
     assert "classification" not in features[1]["properties"]
     assert tile_id("S", 0, 0) == features[0]["id"]
+
+
+def test_douglas_peucker_keeps_corners_and_drops_collinear_points():
+    from pipeline.geojson import simplify_line
+
+    square = np.array([[0, 0], [5, 0], [10, 0], [10, 5], [10, 10], [5, 10.2], [0, 10], [0, 5], [0, 0]], float)
+    out = simplify_line(square, 0.5)
+    assert out.tolist() == [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
+    assert len(simplify_line(square, 0.1)) == 6  # the 0.2 bump is kept at a finer tolerance
