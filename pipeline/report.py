@@ -275,18 +275,26 @@ def _slide_block(s: dict, pictures: dict[str, str | None]) -> str:
         parts.append(f'<p><strong>Warnings:</strong> {esc(s["reason"])}</p>')
     qc = s.get("qc") or {}
     m = qc.get("metrics") or {}
-    parts.append(f'<p class="small muted">QC {esc(qc.get("status"))}; tissue {esc(m.get("tissue_area_mm2"))} mm2; '
-                 f'{esc((s.get("tiles") or {}).get("count"))} tiles at {esc(s.get("effective_mpp"))} um/px'
-                 + (f'; QC reasons: {esc("; ".join(qc.get("reasons") or []))}' if qc.get("reasons") else "") + "</p>")
+    facts = [f"QC {qc.get('status')}"]
+    if m.get("tissue_area_mm2") is not None:
+        facts.append(f"tissue {m['tissue_area_mm2']:g} mm2")
+    if s.get("effective_mpp"):
+        facts.append(f"{(s.get('tiles') or {}).get('count')} tiles at {s['effective_mpp']:g} um/px")
+    if qc.get("reasons"):
+        facts.append("QC reasons: " + "; ".join(qc["reasons"]))
+    parts.append(f'<p class="small muted">{esc("; ".join(facts))}</p>')
+    tissue = _img(pictures.get("tissue"), f"{s['slide_id']} tissue overlay",
+                  "tissue mask (green) and the analysed tile grid")
+    if s["status"] == "failed":
+        parts.append(f"<details><summary>What the slide looks like</summary>{tissue}</details></div>")
+        return "".join(parts)
     what = "probability heatmaps" if s["kind"] == "HE" else f"{s['stain']} DAB map"
     parts.append(_img(pictures.get("heatmap"), f"{s['slide_id']} {what}",
                       f"{what}: thumbnail with per-tile values, colour bar and scale bar"))
     parts.append("<details><summary>Top tiles and tissue overlay</summary>"
                  + _img(pictures.get("top_tiles"), f"{s['slide_id']} top tiles",
                         "tiles to look at first, at full resolution (level-0 positions given)")
-                 + _img(pictures.get("tissue"), f"{s['slide_id']} tissue overlay",
-                        "tissue mask (green) and the analysed tile grid")
-                 + "</details></div>")
+                 + tissue + "</details></div>")
     return "".join(parts)
 
 
