@@ -70,7 +70,7 @@ def all_outputs(wildcards):
     needed = ["summarize_slide", "call_case"]
     needed += ["score_tiles"] if HE_SLIDES else []
     needed += ["quantify_ihc"] if IHC_SLIDES else []
-    if all(hasattr(rules, name) for name in needed):
+    if all(rules.has(name) for name in needed):
         for slide in SAMPLES:
             d = slide_dir(slide)
             targets += [f"{d}/summary.json", f"{d}/tiles.geojson", f"{d}/heatmap.png", f"{d}/top_tiles.png",
