@@ -195,3 +195,26 @@ def test_rules_run_under_snakemake_and_its_report_has_the_pictures(tmp_path):
         assert sum(n.endswith(picture) for n in names) >= (1 if picture == "worklist.tsv" else 3), picture
     lint = subprocess.run([*cmd, "--lint"], capture_output=True, text=True, env=env, timeout=300)
     assert "outputs.smk:" not in lint.stdout + lint.stderr, lint.stdout[-3000:]
+
+
+def test_output_verbs_never_import_torch(cohort, tmp_path):
+    """Snakemake starts one process per job; importing torch would cost seconds in each."""
+    d = cohort / "slides" / "S1"
+    calls = [
+        ["summarize-slide", "--slide-id", "S1", "--case-id", "C1", "--stain", "HE", "--qc", str(d / "qc.json"),
+         "--tiles", str(d / "tiles.parquet"), "--scores", str(d / "scores.parquet"), "--config",
+         str(ROOT / "configs" / "config.yaml"), "--out", str(tmp_path / "s.json")],
+        ["draw-slide", "--summary", str(d / "summary.json"), "--thumb", str(d / "thumb.png"), "--mask",
+         str(d / "tissue.png"), "--tiles", str(d / "tiles.parquet"), "--scores", str(d / "scores.parquet"),
+         "--out-heatmap", str(tmp_path / "h.png"), "--out-tissue", str(tmp_path / "t.png"), "--out-top-tiles",
+         str(tmp_path / "tt.png")],
+        ["export-geojson", "--summary", str(d / "summary.json"), "--tiles", str(d / "tiles.parquet"), "--scores",
+         str(d / "scores.parquet"), "--out", str(tmp_path / "g.geojson")],
+        ["make-report", "--summaries", str(d / "summary.json"), "--out-worklist", str(tmp_path / "w.tsv"),
+         "--out-html", str(tmp_path / "r.html"), "--out-metadata", str(tmp_path / "m.json")],
+    ]
+    for argv in calls:
+        code = ("import sys; from pipeline.__main__ import main; rc = main(sys.argv[1:]); "
+                "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{argv[0]}: {proc.stderr[-1500:]}"
