@@ -152,7 +152,7 @@ table { border-collapse: collapse; width: 100%; margin: 8px 0 16px; }
 caption { text-align: left; font-weight: 600; padding: 4px 0; }
 th, td { border: 1px solid var(--line); padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: var(--band); }
-tr.case td { font-weight: 600; border-top: 3px solid #777; }
+tr.case td { font-weight: 600; border-top: 3px solid #777; } tr.case td.small { font-weight: 400; }
 tr.slide td:first-child { padding-left: 22px; }
 tr.st-failed td { background: var(--fail); } tr.st-warn td { background: var(--warn); }
 .prio { display:inline-block; min-width: 1.8em; text-align:center; color:#fff; border-radius: 3px; padding: 0 4px; }
