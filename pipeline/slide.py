@@ -129,6 +129,14 @@ class Slide(abc.ABC):
         region = self._read_level(level, int(x0 // ds), int(y0 // ds), region_px, region_px)
         return resize_rgb(region, tile_px, tile_px)
 
+    def read_tiles(self, xs, ys, tile_px: int, target_mpp: float, out: np.ndarray | None = None) -> np.ndarray:
+        """Tiles as :meth:`read_tile` gives them for level-0 top-left corners ``xs``, ``ys``: a
+        ``(len(xs), tile_px, tile_px, 3)`` uint8 array, written into ``out`` when given."""
+        out = _tile_batch(len(xs), tile_px, out)
+        for i, (x0, y0) in enumerate(zip(xs, ys, strict=True)):
+            out[i] = self.read_tile(int(x0), int(y0), tile_px, target_mpp)
+        return out
+
     def read_downsampled(self, target_mpp: float, chunk_px: int = 4096) -> tuple[np.ndarray, float]:
         """The whole slide at about ``target_mpp`` um/px, read chunk by chunk with bounded memory.
 
@@ -238,9 +246,15 @@ def _openslide_mpp(properties: dict[str, str]) -> float | None:
 
 
 class TiffSlide(Slide):
-    """Direct tile/strip decoding of a TIFF-family pyramid with tifffile (no OpenSlide)."""
+    """Direct tile/strip decoding of a TIFF-family pyramid with tifffile + imagecodecs (no OpenSlide).
 
-    _CACHE_SEGMENTS = 256
+    Thread-safe: one instance may serve several reader threads. File bytes are read with positional
+    reads (no shared file offset), JPEG tiles are decoded by libjpeg-turbo with the GIL released, and the
+    LRU cache of decoded segments is only touched under a lock. Each segment a batch of tiles needs is
+    decoded once and copied straight into the caller's output (no per-tile buffers).
+    """
+
+    _CACHE_SEGMENTS = 256  # decoded segments kept (256 px JPEG tiles: 48 MiB), > two rows of a 100k slide
 
     def __init__(self, path: Path, tif, levels, mpp_slide: float | None, mpp_override: float | None,
                  vendor: str, properties: dict[str, str], objective_power: float | None = None):
@@ -253,55 +267,126 @@ class TiffSlide(Slide):
         self.objective_power = objective_power
         self.mpp, self.mpp_source = _resolve_mpp(path, mpp_slide, mpp_override)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards self._cache (contents and LRU order), nothing else
+        # per level: (segment width, segment height, segments across) and the direct JPEG decoder's arguments
+        self._grid = [_segment_grid(page) for page in levels]
+        self._jpeg = [_jpeg_args(page) for page in levels]
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
 
     def _segment(self, level: int, index: int) -> np.ndarray:
+        """Decoded segment (tile or strip) ``index`` of ``level`` as (h, w, samples) uint8, via the cache."""
         key = (level, index)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
-        page = self._pages[level]
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
         with self._lock:
-            fh = self._tif.filehandle
-            fh.seek(offset)
-            data = fh.read(count)
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        segment = self._decode(level, index)  # outside the lock: decoding runs with the GIL released
+        with self._lock:
+            self._cache[key] = segment  # another thread may have decoded it too: same pixels, last one wins
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._CACHE_SEGMENTS:
+                self._cache.popitem(last=False)
+        return segment
+
+    def _decode(self, level: int, index: int) -> np.ndarray:
+        page = self._pages[level]
+        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+        if not count:
+            raise SlideError(f"{self.path}: tile {index} of level {level} is missing from the file")
+        data = os.pread(self._fd, count, offset)
+        if len(data) != count:
+            raise SlideError(f"{self.path}: tile {index} of level {level} is cut short; re-copy the slide")
+        jpeg = self._jpeg[level]
         try:
-            segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            if jpeg is not None:
+                import imagecodecs
+
+                segment = imagecodecs.jpeg8_decode(data, **jpeg)
+            else:
+                segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as exc:  # imagecodecs raises its own error classes per codec
             raise SlideError(f"{self.path}: tile {index} of level {level} cannot be decoded ({exc})") from exc
         if segment is None:
             raise SlideError(f"{self.path}: tile {index} of level {level} is missing from the file")
-        segment = np.asarray(segment).reshape(segment.shape[-3:])  # (1, h, w, s) -> (h, w, s)
-        self._cache[key] = segment
-        if len(self._cache) > self._CACHE_SEGMENTS:
-            self._cache.popitem(last=False)
-        return segment
+        segment = np.asarray(segment)
+        return segment.reshape(segment.shape[-3:]) if segment.ndim > 3 else segment  # (1, h, w, s) -> (h, w, s)
 
-    def _read_level(self, level, x, y, width, height):
-        page = self._pages[level]
+    def _fill(self, level: int, x: int, y: int, out: np.ndarray) -> np.ndarray:
+        """Write the pixels of ``level`` whose top-left is (x, y) (that level's frame) into ``out`` (h, w, 3)."""
+        height, width = out.shape[:2]
         lw, lh = self.level_dimensions[level]
-        out = np.full((height, width, 3), 255, np.uint8)
-        if page.is_tiled:
-            seg_w, seg_h = int(page.tilewidth), int(page.tilelength)
-        else:
-            seg_w, seg_h = lw, int(page.rowsperstrip or lh)
-        across = math.ceil(lw / seg_w)
+        seg_w, seg_h, across = self._grid[level]
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + width, lw), min(y + height, lh)
+        if x0 != x or y0 != y or x1 != x + width or y1 != y + height:
+            out[...] = 255  # runs past an edge: white glass there
         if x1 <= x0 or y1 <= y0:
             return out
         for ty in range(y0 // seg_h, (y1 - 1) // seg_h + 1):
+            sy0 = ty * seg_h
+            iy0, iy1 = max(y0, sy0), min(y1, sy0 + seg_h)
             for tx in range(x0 // seg_w, (x1 - 1) // seg_w + 1):
                 seg = self._segment(level, ty * across + tx)
-                sx0, sy0 = tx * seg_w, ty * seg_h
-                ix0, iy0 = max(x0, sx0), max(y0, sy0)
-                ix1, iy1 = min(x1, sx0 + seg.shape[1], lw), min(y1, sy0 + seg.shape[0], lh)
-                out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = seg[iy0 - sy0:iy1 - sy0, ix0 - sx0:ix1 - sx0, :3]
+                sx0 = tx * seg_w
+                ix0, ix1 = max(x0, sx0), min(x1, sx0 + seg_w)
+                # a short last strip (or a smaller segment) leaves glass below/right of its pixels
+                ey1, ex1 = min(iy1, sy0 + seg.shape[0]), min(ix1, sx0 + seg.shape[1])
+                if ey1 < iy1 or ex1 < ix1:
+                    out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = 255
+                out[iy0 - y:ey1 - y, ix0 - x:ex1 - x] = seg[iy0 - sy0:ey1 - sy0, ix0 - sx0:ex1 - sx0, :3]
+        return out
+
+    def _read_level(self, level, x, y, width, height):
+        return self._fill(level, x, y, np.empty((height, width, 3), np.uint8))
+
+    def read_tiles(self, xs, ys, tile_px: int, target_mpp: float, out: np.ndarray | None = None) -> np.ndarray:
+        level, region_px, _ = self.tile_geometry(tile_px, target_mpp)
+        if region_px != tile_px:  # tiles resized from another level's pixels: the generic path
+            return super().read_tiles(xs, ys, tile_px, target_mpp, out)
+        out = _tile_batch(len(xs), tile_px, out)
+        ds = self.level_downsamples[level]
+        lx = (np.asarray(xs, np.int64) // ds).astype(np.int64).tolist()  # = int(x0 // ds), as read_tile
+        ly = (np.asarray(ys, np.int64) // ds).astype(np.int64).tolist()
+        for i, (x, y) in enumerate(zip(lx, ly, strict=True)):
+            self._fill(level, x, y, out[i])
         return out
 
     def close(self):
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self._tif.close()
+
+
+def _segment_grid(page) -> tuple[int, int, int]:
+    """(segment width, segment height, segments per row) of a tiled or stripped page."""
+    width, height = int(page.imagewidth), int(page.imagelength)
+    if page.is_tiled:
+        seg_w, seg_h = int(page.tilewidth), int(page.tilelength)
+    else:
+        seg_w, seg_h = width, int(page.rowsperstrip or height)
+    return seg_w, seg_h, math.ceil(width / seg_w)
+
+
+def _jpeg_args(page) -> dict | None:
+    """Arguments for ``imagecodecs.jpeg8_decode`` of this page's tiles, as tifffile would pass them; None when
+    the page is not a tiled 8-bit JPEG page (tifffile's own decoder then handles it)."""
+    from tifffile.tifffile import jpeg_decode_colorspace
+
+    if not (page.is_tiled and int(page.compression) == 7 and int(page.bitspersample) == 8):
+        return None
+    colorspace, outcolorspace = jpeg_decode_colorspace(
+        page.photometric, page.planarconfig, page.extrasamples, page.is_jfif)
+    return {"tables": page.jpegtables, "colorspace": colorspace, "outcolorspace": outcolorspace,
+            "shape": (int(page.tilelength), int(page.tilewidth))}
+
+
+def _tile_batch(n: int, tile_px: int, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return np.empty((n, tile_px, tile_px, 3), np.uint8)
+    if out.shape != (n, tile_px, tile_px, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {(n, tile_px, tile_px, 3)}, got {out.dtype} {out.shape}")
+    return out
 
 
 def _resolve_mpp(path: Path, mpp_slide: float | None, mpp_override: float | None) -> tuple[float, str]:

@@ -1,5 +1,7 @@
 """Slide reading: MPP resolution, level choice, the direct tile path vs OpenSlide, refusals."""
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,90 @@ def test_read_downsampled_reports_its_scale(small_svs):
         assert mpp3 == pytest.approx(3.0, rel=0.01) and thumb3.shape[1] == round(2048 * 0.5 / 3.0)
         # stitched chunks equal a one-shot read of the same level
         assert np.abs(thumb.astype(int) - s.read_downsampled(2.0)[0].astype(int)).max() == 0
+
+
+# ---- the direct tile path: batches, threads, pixels ---------------------------------------------------
+def _tile_corners(slide, tile_px, target_mpp, overhang=True):
+    """Level-0 corners of a regular grid of tiles, plus tiles running past the right and bottom edges."""
+    size0 = round(tile_px * target_mpp / slide.mpp)
+    w, h = slide.dimensions
+    xs, ys = np.meshgrid(np.arange(0, w - size0 + 1, size0 // 2 + 7), np.arange(0, h - size0 + 1, size0 // 2 + 5))
+    xs, ys = list(xs.ravel()), list(ys.ravel())
+    if overhang:
+        xs += [w - size0 // 3, 0, w - 10]
+        ys += [0, h - size0 // 2, h - 10]
+    return np.array(xs, np.int64), np.array(ys, np.int64)
+
+
+@pytest.mark.parametrize("target_mpp", [1.0, 2.0, 0.5])  # level 0 resized, level 1 exact, level 0 exact
+def test_read_tiles_equals_read_tile_and_openslide(small_svs, target_mpp):
+    fast = open_slide(small_svs)
+    slow = open_slide(small_svs, reader="openslide")
+    xs, ys = _tile_corners(fast, 112, target_mpp)
+    batch = fast.read_tiles(xs, ys, 112, target_mpp)
+    assert batch.shape == (len(xs), 112, 112, 3) and batch.dtype == np.uint8
+    for i, (x0, y0) in enumerate(zip(xs, ys, strict=True)):
+        assert np.array_equal(batch[i], fast.read_tile(int(x0), int(y0), 112, target_mpp))
+    reference = slow.read_tiles(xs, ys, 112, target_mpp)
+    assert np.abs(batch.astype(int) - reference.astype(int)).max() <= 2  # same JPEG bytes, decoder rounding
+    assert (batch[-1, -5:, -5:] == 255).all()  # past the slide's edge: white glass
+    out = np.zeros_like(batch)
+    assert fast.read_tiles(xs, ys, 112, target_mpp, out=out) is out and np.array_equal(out, batch)
+    with pytest.raises(ValueError, match="out must be"):
+        fast.read_tiles(xs, ys, 112, target_mpp, out=out[:-1])
+
+
+class _LockCheckedDict(OrderedDict):
+    """The segment cache, failing any read or change made without the slide's lock held."""
+
+    def __init__(self, lock):
+        super().__init__()
+        self.lock = lock
+
+    def _check(self):
+        if not self.lock.locked():
+            raise AssertionError("segment cache touched without the lock")
+
+    def get(self, *args):
+        self._check()
+        return super().get(*args)
+
+    def __setitem__(self, key, value):
+        self._check()
+        super().__setitem__(key, value)
+
+    def move_to_end(self, *args, **kwargs):
+        self._check()
+        super().move_to_end(*args, **kwargs)
+
+    def popitem(self, *args, **kwargs):
+        self._check()
+        return super().popitem(*args, **kwargs)
+
+
+def test_one_tiff_reader_shared_by_threads_gives_single_thread_pixels(small_svs):
+    """Many threads read through one TiffSlide whose small segment cache evicts all the time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open_slide(small_svs) as s:
+        xs, ys = _tile_corners(s, 64, 0.5, overhang=False)
+        pick = np.random.default_rng(0).choice(len(xs), 48, replace=False)  # 48 tiles all over the slide
+        xs, ys = xs[pick], ys[pick]
+        expected = s.read_tiles(xs, ys, 64, 0.5)
+        s._CACHE_SEGMENTS = 3  # fewer than one tile may need: constant eviction while others read
+        s._cache = _LockCheckedDict(s._lock)
+
+        def hammer(seed):
+            order = np.random.default_rng(seed).permutation(len(xs))
+            for _ in range(2):
+                for i in order:
+                    if not np.array_equal(s.read_tile(int(xs[i]), int(ys[i]), 64, 0.5), expected[i]):
+                        return False
+                batch = s.read_tiles(xs[order], ys[order], 64, 0.5)
+                if not np.array_equal(batch, expected[order]):
+                    return False
+            return True
+
+        with ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(hammer, range(16)))
+        assert len(s._cache) <= 3
