@@ -36,6 +36,7 @@ from pipeline.train_data import (
     load_patch_folder,
     pad_small_patches,
     render_synthetic,
+    render_textures,
     tiles_from_annotations,
 )
 from pipeline.train_metrics import evaluate, expected_calibration_error, fit_temperature, nll, softmax
@@ -245,6 +246,8 @@ def configure_parser(parser) -> None:
                         help="an annotated slide: slide file, QuPath GeoJSON, optional MPP override (repeatable)")
     parser.add_argument("--synthetic", type=int, default=0,
                         help="synthetic training patches per class (validation and test get a quarter each)")
+    parser.add_argument("--textures", type=int, default=0,
+                        help="procedural texture patches per class (validation and test get a quarter each)")
     parser.add_argument("--tile-px", type=int, default=224, help="tile side (px) at --mpp")
     parser.add_argument("--mpp", type=float, default=1.0, help="um/px of the tiles")
     parser.add_argument("--steps", type=int, default=2000, help="optimiser steps per architecture")
@@ -285,9 +288,16 @@ def gather(args, classes: list[str]) -> dict[str, list[Patch]]:
                                 ("test", n_eval, 3_000_000)):
             patches += render_synthetic(n, classes, args.mpp, size, args.seed * 10_000_000 + seed0, split,
                                         args.cache_dir)
+    if args.textures:
+        size = args.tile_px + 32
+        n_eval = max(1, args.textures // 4)
+        for split, n, seed0 in (("train", args.textures, 1_000_000), ("val", n_eval, 2_000_000),
+                                ("test", n_eval, 3_000_000)):
+            patches += render_textures(n, classes, args.mpp, size, args.seed * 10_000_000 + seed0, split,
+                                       args.threads)
     data = {s: [p for p in patches if p.split == s] for s in SPLITS}
     if not data["train"]:
-        raise TriageError("no training patches: give --patches, --synthetic or --annotated")
+        raise TriageError("no training patches: give --patches, --synthetic, --textures or --annotated")
     missing = [c for i, c in enumerate(classes) if not any(p.label == i for p in data["train"])]
     if missing:
         raise TriageError(f"no training patches of class {', '.join(missing)}")
@@ -340,7 +350,8 @@ def run(args) -> None:
         "intended_use": INTENDED_USE,
         "training_data": {"counts": count_table({k: v for k, v in data.items() if k != "test"}, classes),
                           "patch_folders": [str(p) for p in args.patches], "assumed_mpp": args.assume_mpp,
-                          "synthetic_per_class": args.synthetic, "annotated_slides": args.annotated,
+                          "synthetic_per_class": args.synthetic, "textures_per_class": args.textures,
+                          "annotated_slides": args.annotated,
                           "resampling": f"each patch resampled from its own um/px to {args.mpp} um/px; patches "
                                         f"smaller than {args.tile_px} px tiled as same-class same-source mosaics",
                           "augmentation": "random crop with +-15% scale jitter, flips, 90-degree rotations, HED "
