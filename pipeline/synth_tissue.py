@@ -131,7 +131,7 @@ def make_layout(seed: int, width_um: float, height_um: float, layout: str, tissu
     body = _smooth_noise(rng, (ny, nx), side * 0.08) - 2.2 * ell
     margin = np.zeros((ny, nx), bool)
     margin[max(1, ny // 20):-max(1, ny // 20), max(1, nx // 20):-max(1, nx // 20)] = True
-    tissue = _quantile_mask(body, margin, tissue_fraction / margin.mean())
+    tissue = _quantile_mask(body, margin, min(1.0, tissue_fraction / margin.mean()))
     tissue = ndi.binary_fill_holes(ndi.binary_opening(tissue, iterations=2))
     edge = ndi.gaussian_filter(tissue.astype(np.float32), 1.0) - 0.5
     labels = np.zeros((ny, nx), np.uint8)
@@ -328,7 +328,9 @@ class Canvas:
             else:  # ring: a membrane
                 val = np.clip(1 - np.abs(dist - 1.0) * 8, 0, 1)
             if grain:
-                g = hash01(gx * 92821 + cells.i[sl][:, None, None], gy * 68917 + cells.j[sl][:, None, None],
+                ax = gx + int(round(self.x0 / self.mpp))  # absolute pixel index: the same grain in any band
+                ay = gy + int(round(self.y0 / self.mpp))
+                g = hash01(ax * 92821 + cells.i[sl][:, None, None], ay * 68917 + cells.j[sl][:, None, None],
                            cells.salt + 77)
                 val = val * (1 + grain * (2 * g - 1))
             val *= weight[sl][:, None, None]
@@ -693,7 +695,7 @@ def _to_rgb(cv: Canvas, stain: Stain, layout: Layout, C: np.ndarray) -> np.ndarr
               + np.clip(cv.e * stain.e_strength * 0.5, 0, 3)[..., None] * _EOSIN)
     else:  # IHC: haematoxylin counterstain (lighter), DAB, a faint background on tissue
         tissue = (C > 0).astype(np.float32)
-        od = (np.clip(h * 0.55 + 0.04 * tissue + 0.05 * cv.e, 0, 3)[..., None] * _HAEM
+        od = (np.clip(h * 0.55 + 0.09 * tissue + 0.12 * cv.e, 0, 3)[..., None] * _HAEM
               + np.clip(cv.d * stain.dab_strength, 0, 3)[..., None] * _DAB)
     salt = layout.seed * 1000 + 500
     arte = layout.artefacts

@@ -1,0 +1,187 @@
+"""The slide generator (make-slides): files OpenSlide opens, determinism, truth maps, IHC compartments, memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from pipeline import synth
+from pipeline.synth_tissue import CLASS_ID, CLASSES, COARSE, COMPARTMENT, Stain, make_layout, render_patch, \
+    render_region
+
+openslide = pytest.importorskip("openslide")
+
+
+@pytest.fixture(scope="module")
+def small_svs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth") / "mixed.svs"
+    rec = synth.write_slide(path, width=3000, height=2600, mpp=0.5, seed=7, layout="mixed", identifiers=True)
+    return path, rec
+
+
+def test_svs_opens_with_mpp_levels_power_and_associated_images(small_svs):
+    path, rec = small_svs
+    s = openslide.OpenSlide(str(path))
+    assert s.properties["openslide.vendor"] == "aperio"
+    assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+    assert s.properties["openslide.objective-power"] == "20"
+    assert s.level_dimensions == ((3000, 2600), (750, 650))
+    assert [round(d) for d in s.level_downsamples] == [1, 4]
+    assert {"thumbnail", "label", "macro"} <= set(s.associated_images)
+    assert rec["levels"] == [[3000, 2600], [750, 650]]
+
+
+def test_generic_tiff_opens_with_mpp_from_resolution_tags(tmp_path):
+    path = tmp_path / "plain.tif"
+    synth.write_slide(path, width=2300, height=1100, mpp=0.25, seed=1, layout="benign_soft_tissue", fmt="tif",
+                      truth=False)
+    s = openslide.OpenSlide(str(path))
+    assert s.properties["openslide.vendor"] == "generic-tiff"
+    assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.25, rel=1e-4)
+    assert s.dimensions == (2300, 1100)
+    assert s.level_count == 2
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    kw = dict(width=1024, height=768, mpp=0.5, layout="leiomyosarcoma", truth=False)
+    a, b, c = tmp_path / "a.svs", tmp_path / "b.svs", tmp_path / "c.svs"
+    synth.write_slide(a, seed=3, **kw)
+    synth.write_slide(b, seed=3, **kw)
+    synth.write_slide(c, seed=4, **kw)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_rendering_is_seamless_across_bands():
+    lay = make_layout(5, 600, 600, "mixed", 0.8)
+    stain = Stain.for_slide("HE", 5)
+    whole = render_region(lay, stain, 100.0, 100.0, 200, 200, 1.0)
+    top = render_region(lay, stain, 100.0, 100.0, 200, 90, 1.0)
+    bottom = render_region(lay, stain, 100.0, 190.0, 200, 110, 1.0)
+    assert np.array_equal(whole, np.concatenate([top, bottom]))
+
+
+def _od(rgb: np.ndarray) -> np.ndarray:
+    return -np.log10(np.clip(rgb.astype(float), 1, 255) / 242.0)
+
+
+def test_truth_map_matches_what_was_drawn(small_svs):
+    """Each class of the truth PNG looks like itself at its interior points: glass is bright, nuclei-rich
+    classes carry more haematoxylin-blue than fat."""
+    from PIL import Image
+    from scipy import ndimage
+
+    path, rec = small_svs
+    labels = np.asarray(Image.open(path.parent / rec["labels_png"]))
+    um = rec["labels_um_per_px"]
+    s = openslide.OpenSlide(str(path))
+    mean_od = {}
+    for cid in np.unique(labels):
+        inner = ndimage.binary_erosion(labels == cid, iterations=6)
+        ys, xs = np.nonzero(inner)
+        if len(ys) == 0:
+            continue
+        k = np.linspace(0, len(ys) - 1, 5).astype(int)
+        ods = []
+        for y, x in zip(ys[k], xs[k], strict=True):
+            px, py = int(x * um / rec["mpp"]), int(y * um / rec["mpp"])
+            ods.append(_od(np.asarray(s.read_region((px - 40, py - 40), 0, (80, 80)).convert("RGB"))).mean())
+        mean_od[CLASSES[cid]] = float(np.mean(ods))
+    assert mean_od["glass"] < 0.03
+    tissue = {k: v for k, v in mean_od.items() if k != "glass"}
+    assert tissue and min(v for k, v in tissue.items() if k != "adipose") > 0.05
+    if "adipose" in tissue:  # fat is nearly as pale as glass (empty cells), but has membranes
+        assert tissue["adipose"] > mean_od["glass"]
+    for dense in set(tissue) & {"adenocarcinoma", "squamous_carcinoma", "spindle_sarcoma", "lymphoid"}:
+        if "adipose" in tissue:
+            assert tissue[dense] > tissue["adipose"], mean_od
+
+
+def _dab_fraction(rgb: np.ndarray) -> float:
+    """Fraction of pixels that are brown (DAB): red and green absorb much more than blue does not."""
+    od = _od(rgb)
+    return float(((od[..., 2] > 0.35) & (od[..., 2] > 1.15 * od[..., 0])).mean())
+
+
+@pytest.mark.parametrize("tissue, marker, expect", [
+    ("adenocarcinoma", "CK_AE1AE3", "positive"), ("adenocarcinoma", "ER", "positive"),
+    ("adenocarcinoma", "desmin", "negative"), ("adenocarcinoma", "p40", "negative"),
+    ("squamous_carcinoma", "p40", "positive"), ("spindle_sarcoma", "desmin", "positive"),
+    ("spindle_sarcoma", "CK_AE1AE3", "negative"), ("skeletal_muscle", "desmin", "positive"),
+])
+def test_dab_where_the_marker_is_expressed(tissue, marker, expect):
+    frac = _dab_fraction(render_patch(CLASS_ID[tissue], 11, 0.5, 256, marker))
+    assert (frac > 0.03) == (expect == "positive"), frac
+
+
+def test_nuclear_marker_stays_in_nuclei_cytoplasmic_marker_fills_cells():
+    er = _dab_fraction(render_patch(CLASS_ID["adenocarcinoma"], 12, 0.5, 256, "ER"))
+    ck = _dab_fraction(render_patch(CLASS_ID["adenocarcinoma"], 12, 0.5, 256, "CK_AE1AE3"))
+    he = render_patch(CLASS_ID["adenocarcinoma"], 12, 0.5, 256, "HE")
+    assert ck > 1.5 * er > 0
+    assert _dab_fraction(he) < 0.01
+
+
+def test_every_tissue_class_renders_and_maps_to_a_model_class():
+    for cid in range(1, len(CLASSES)):
+        img = render_patch(cid, 1, 1.0, 96)
+        assert img.shape == (96, 96, 3) and img.dtype == np.uint8
+        assert COARSE[cid] in ("carcinoma", "sarcoma", "non_tumour")
+
+
+def test_compartments_agree_with_the_marker_knowledge_base():
+    from pipeline.markers import load_markers
+
+    kb = load_markers(ROOT / "configs" / "markers.yaml")
+    for marker, compartment in COMPARTMENT.items():
+        assert kb["markers"][marker]["compartment"] == compartment, marker
+
+
+def _peak_rss_mb(height: int, tmp_path) -> float:
+    code = ("import resource, sys; from pipeline import synth; "
+            f"synth.write_slide(sys.argv[1], width=2048, height={height}, mpp=0.5, seed=2, layout='mixed', "
+            "truth=False); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"h{height}.svs")], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def test_memory_is_flat_in_slide_height(tmp_path):
+    """An 8x taller slide (8x the pixels) needs about the same peak memory: bands are streamed."""
+    small, large = _peak_rss_mb(1024, tmp_path), _peak_rss_mb(8192, tmp_path)
+    assert large < small + 40, (small, large)
+
+
+def test_sample_cohort_truth_and_sheet_agree():
+    sheet = ROOT / "configs" / "samples.tsv"
+    truth = ROOT / "slides_sample" / "truth.tsv"
+    with open(sheet, newline="") as fh:
+        rows = {r["slide_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    with open(truth, newline="") as fh:
+        expected = {r["slide_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    assert rows.keys() == expected.keys() == {s for _, s, *_ in synth.SAMPLE_COHORT}
+    for case, slide, layout, stain, fmt in synth.SAMPLE_COHORT:
+        assert rows[slide]["stain"] == stain and rows[slide]["case_id"] == case
+        assert rows[slide]["path"] == f"slides_sample/{slide}.{fmt}"
+        call, pct, _ = synth.expected_slide_result(layout, stain)
+        assert expected[slide]["expected_slide_call"] == call
+        assert float(expected[slide]["tumour_positive_pct"]) == pct
+    assert expected["A-desmin"]["expected_slide_call"] == "negative"
+    assert expected["C-CK_AE1AE3"]["expected_slide_call"] == "negative"
+
+
+def test_generated_sample_slides_open_with_their_mpp():
+    if not (ROOT / "slides_sample" / ".stamp").is_file():
+        pytest.skip("sample cohort not generated: run `make slides` (make test does it first)")
+    for _, slide, _, _, fmt in synth.SAMPLE_COHORT:
+        s = openslide.OpenSlide(str(ROOT / "slides_sample" / f"{slide}.{fmt}"))
+        assert float(s.properties["openslide.mpp-x"]) == pytest.approx(synth.SAMPLE_MPP)
+        assert s.dimensions == synth.SAMPLE_SIZE_PX
+        rec = json.loads((ROOT / "slides_sample" / f"{slide}.{fmt}.truth.json").read_text())
+        assert rec["stain"] in ("HE", slide.split("-", 1)[1])
