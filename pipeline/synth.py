@@ -195,7 +195,7 @@ def write_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float 
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.levels.") as tmpdir, \
             atomic_path(path) as tmp:
         raws = [Path(tmpdir) / f"level{k}.raw" for k in range(len(sizes))]
-        raw_fhs = [open(r, "wb") for r in raws[1:]]
+        raw_fhs = [open(r, "wb") for r in raws[1:]]  # noqa: SIM115 (closed in finally, after level 0)
         try:
             with tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 3_500_000_000) as tw:
                 common = {"photometric": "rgb", "metadata": None, "software": False}

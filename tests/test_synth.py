@@ -12,8 +12,16 @@ import pytest
 
 from conftest import ROOT
 from pipeline import synth
-from pipeline.synth_tissue import CLASS_ID, CLASSES, COARSE, COMPARTMENT, Stain, make_layout, render_patch, \
-    render_region
+from pipeline.synth_tissue import (
+    CLASS_ID,
+    CLASSES,
+    COARSE,
+    COMPARTMENT,
+    Stain,
+    make_layout,
+    render_patch,
+    render_region,
+)
 
 openslide = pytest.importorskip("openslide")
 
