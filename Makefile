@@ -25,6 +25,7 @@ slides: setup
 	$(PY) -m pipeline make-slides --cohort sample --out slides_sample
 
 demo: slides
+	@$(SNAKEMAKE) --profile configs/profiles/local --unlock >/dev/null 2>&1 || true  # a killed run's lock
 	$(SNAKEMAKE) --profile configs/profiles/local --cores $(CORES)
 	@echo "Open results/report.html (decision support, not a diagnosis)."
 

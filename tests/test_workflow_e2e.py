@@ -1,0 +1,61 @@
+"""The whole workflow on the sample cohort against the generator's ground truth (slides_sample/truth.tsv)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import ROOT
+
+
+def _truth() -> dict[str, dict]:
+    with open(ROOT / "slides_sample" / "truth.tsv", newline="") as fh:
+        return {r["slide_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
+
+
+def _summary(run, slide) -> dict:
+    return json.loads((run / "results" / "slides" / slide / "summary.json").read_text())
+
+
+def test_every_slide_passes_qc_and_is_tiled(cohort_run):
+    for slide in _truth():
+        s = _summary(cohort_run, slide)
+        assert s["status"] == "ok", (slide, s.get("reason"))
+        assert s["qc"]["status"] in ("ok", "warn"), (slide, s["qc"])
+        assert s["tiles"]["count"] >= 30, (slide, s["tiles"])
+
+
+@pytest.mark.parametrize("slide", [s for s, r in _truth().items() if r["stain"] != "HE"])
+def test_ihc_results_match_what_was_drawn(cohort_run, slide):
+    truth = _truth()[slide]
+    result = _summary(cohort_run, slide)["ihc"]["result"]
+    assert result["call"] == truth["expected_slide_call"], (slide, result)
+    if truth["expected_slide_call"] == "positive" and result["metric"] == "nuclei_positive_pct":
+        # nuclear markers: % positive nuclei within 15 points of the drawn % positive tumour cells
+        assert abs(_summary(cohort_run, slide)["ihc"]["metrics"]["nuclei_positive_pct"]
+                   - float(truth["tumour_positive_pct"])) < 15
+
+
+@pytest.mark.parametrize("slide", [s for s, r in _truth().items() if r["stain"] == "HE"])
+def test_he_slide_calls_match_the_drawn_tissue(cohort_run, slide):
+    truth = _truth()[slide]
+    call = _summary(cohort_run, slide)["slide_call"]
+    assert call["call"] == truth["expected_slide_call"], (slide, call["call"], call["reason"])
+
+
+@pytest.mark.parametrize("case", sorted({r["case_id"] for r in _truth().values()}))
+def test_case_calls_match_the_truth(cohort_run, case):
+    expected = {r["expected_case_call"] for r in _truth().values() if r["case_id"] == case}
+    got = json.loads((cohort_run / "results" / "cases" / case / "case.json").read_text())
+    assert {got["call"]} == expected, (case, got["call"], got["reason"])
+    assert "not a diagnosis" in got["disclaimer"]
+
+
+def test_worklist_puts_carcinoma_cases_first(cohort_run):
+    with open(cohort_run / "results" / "worklist.tsv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh, delimiter="\t") if r["level"] == "case"]
+    order = [r["case_id"] for r in rows]
+    assert set(order[:2]) == {"A", "B"}, order  # suspected metastatic carcinoma: seen first
+    assert order.index("C") < order.index("D"), order  # sarcoma before no tumour
