@@ -223,3 +223,33 @@ def test_one_tiff_reader_shared_by_threads_gives_single_thread_pixels(small_svs)
         with ThreadPoolExecutor(8) as pool:
             assert all(pool.map(hammer, range(16)))
         assert len(s._cache) <= 3
+
+
+@pytest.mark.parametrize("workers,prefetch", [(1, 0), (2, 0), (1, 2), (3, 4)])
+def test_thread_tile_reader_batches_in_grid_order(small_svs, workers, prefetch):
+    """Scoring's reader threads (overlapped or in turn with inference) give exactly the slide's tiles."""
+    from pipeline.scoring import ThreadTileReader
+
+    with open_slide(small_svs) as s:
+        xs, ys = _tile_corners(s, 112, 2.0, overhang=False)
+        expected = s.read_tiles(xs, ys, 112, 2.0)
+    reader = ThreadTileReader(small_svs, None, 112, 2.0, workers, prefetch)
+    try:
+        batches = [b.copy() for b in reader.iter_batches(xs, ys, 5)]  # a batch is valid until the next one
+    finally:
+        reader.close()
+    assert [len(b) for b in batches] == [5] * (len(xs) // 5) + ([len(xs) % 5] if len(xs) % 5 else [])
+    assert np.array_equal(np.concatenate(batches), expected)
+    assert len(reader._opened) == 0
+
+
+def test_reader_plan_overlaps_only_with_a_free_core_or_a_gpu(monkeypatch):
+    from pipeline import scoring
+
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
+    assert scoring.reader_plan("cpu", threads=2) == (2, 0)  # inference fills both cores: read, then infer
+    assert scoring.reader_plan("cpu", threads=1) == (1, 2)  # one core free: one reader, overlapped
+    assert scoring.reader_plan("cpu", threads=2, readers=1, prefetch=3) == (1, 3)  # asked for: as asked
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 16)
+    assert scoring.reader_plan("cpu", threads=2) == (4, 5)
+    assert scoring.reader_plan("cuda", threads=2) == (8, 9)
