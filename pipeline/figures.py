@@ -398,7 +398,7 @@ def top_tiles_picture(summary: dict, args, groups, title: str) -> Image.Image:
         with open_slide(args.slide, mpp=args.mpp) as slide:
             return contact_sheet(summary, lambda x, y: slide.read_tile(x, y, tile_px, target_mpp), tile_px, groups)
     except SlideError as exc:
-        from pipeline.summary import redact
+        from pipeline.redact import redact
 
         return placeholder(title, redact(str(exc), args.slide))
 

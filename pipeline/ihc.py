@@ -675,7 +675,9 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
                 if args.contact_sheet and rows:
                     _slide_contact_sheet(slide, rows, grid_size_um, params, entry, summary, args.contact_sheet)
         except SlideError as exc:
-            failure = str(exc)
+            from pipeline.redact import redact
+
+            failure = redact(str(exc), args.slide)
     if failure is not None:
         log.error("%s: not quantified: %s", slide_id, failure)
         record.update(status="failed", reason=failure, result={"call": "not_evaluable", "reason": failure,

@@ -143,6 +143,7 @@ def configure_parser(parser) -> None:
 
 def run(args) -> None:
     from pipeline.config import load_config
+    from pipeline.redact import redact
 
     config = load_config(args.config)
     thumb = mask = None
@@ -151,7 +152,7 @@ def run(args) -> None:
             record, thumb, mask = qc_slide(slide, config)
     except SlideError as exc:
         log.error("%s", exc)
-        record = failed_record(str(exc))
+        record = failed_record(redact(str(exc), args.slide))
     record["slide_id"] = args.slide_id
     if thumb is None:
         thumb = np.full((8, 8, 3), 255, np.uint8)

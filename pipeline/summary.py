@@ -15,7 +15,6 @@ Byte-stable: no times, no host, no absolute paths; floats rounded; canonical sor
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import DISCLAIMER, atomic
+from pipeline.redact import REDACTED, redact  # noqa: F401 (REDACTED re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ SUMMARY_VERSION = 1
 HE_STAIN = "HE"
 CLASSES = ("carcinoma", "sarcoma", "non_tumour")
 FLOAT_DECIMALS = 6
-REDACTED = "<slide file>"
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -50,19 +49,6 @@ def round_floats(obj, decimals: int = FLOAT_DECIMALS):
     if isinstance(obj, (list, tuple, np.ndarray)):
         return [round_floats(v, decimals) for v in obj]
     raise TypeError(f"cannot put {type(obj).__name__} into a summary")
-
-
-def redact(text: str, slide_path: str | os.PathLike | None) -> str:
-    """Replace the slide's path (as given, absolute, resolved) and file name in ``text`` by ``<slide file>``."""
-    if not slide_path or not text:
-        return text
-    p = Path(slide_path)
-    forms = {str(slide_path), str(p), os.path.abspath(p), p.name}
-    with contextlib.suppress(OSError):
-        forms.add(str(p.resolve()))
-    for form in sorted((f for f in forms if f), key=len, reverse=True):  # longest first: paths before names
-        text = text.replace(form, REDACTED)
-    return text
 
 
 def _one_line(text: str) -> str:

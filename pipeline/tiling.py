@@ -156,7 +156,9 @@ def run(args) -> None:
                 grid = grid_for_slide(slide, mask, qc["thumb_mpp"], tiling, slide_id)
         except SlideError as exc:
             log.error("%s", exc)
-            grid = failed_grid(slide_id, str(exc), tiling)
+            from pipeline.redact import redact
+
+            grid = failed_grid(slide_id, redact(str(exc), args.slide), tiling)
     else:
         from pipeline.qc import qc_slide
 
