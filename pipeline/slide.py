@@ -248,9 +248,11 @@ def _openslide_mpp(properties: dict[str, str]) -> float | None:
 class TiffSlide(Slide):
     """Direct tile/strip decoding of a TIFF-family pyramid with tifffile + imagecodecs (no OpenSlide).
 
-    Thread-safe: one instance may serve several reader threads. File bytes are read with positional
-    reads (no shared file offset), JPEG tiles are decoded by libjpeg-turbo with the GIL released, and the
-    LRU cache of decoded segments is only touched under a lock. Each segment a batch of tiles needs is
+    Thread-safe: one instance may serve several reader threads. File bytes are read with positional reads
+    (no shared file offset) and JPEG tiles are decoded by libjpeg-turbo with the GIL released, outside the
+    lock. The cache of decoded segments is a fixed pool of buffers, touched only under the lock: a segment is
+    *pinned* while a reader copies from it, and the least recently used unpinned one is evicted, its buffer
+    decoded into again (no allocation and page faults per tile). Each segment a batch of tiles needs is
     decoded once and copied straight into the caller's output (no per-tile buffers).
     """
 
@@ -266,30 +268,74 @@ class TiffSlide(Slide):
         self.properties = properties
         self.objective_power = objective_power
         self.mpp, self.mpp_source = _resolve_mpp(path, mpp_slide, mpp_override)
+        # The lock guards _cache (contents and LRU order) and _pins, nothing else.
+        self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()  # guards self._cache (contents and LRU order), nothing else
+        self._pins: dict[tuple[int, int], int] = {}  # key -> readers copying from that segment now
         # per level: (segment width, segment height, segments across) and the direct JPEG decoder's arguments
         self._grid = [_segment_grid(page) for page in levels]
         self._jpeg = [_jpeg_args(page) for page in levels]
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
 
-    def _segment(self, level: int, index: int) -> np.ndarray:
-        """Decoded segment (tile or strip) ``index`` of ``level`` as (h, w, samples) uint8, via the cache."""
+    def _pin(self, level: int, index: int) -> np.ndarray:
+        """Decoded segment (tile or strip) ``index`` of ``level`` as (h, w, samples) uint8, pinned in the cache
+        until :meth:`_unpin`: its buffer is not reused while the caller reads it."""
         key = (level, index)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
+                self._pins[key] = self._pins.get(key, 0) + 1
                 return cached
-        segment = self._decode(level, index)  # outside the lock: decoding runs with the GIL released
+            buffer = self._spare_buffer(level)
+        segment = self._decode(level, index, buffer)  # outside the lock: decoding runs with the GIL released
         with self._lock:
-            self._cache[key] = segment  # another thread may have decoded it too: same pixels, last one wins
+            cached = self._cache.get(key)
+            if cached is not None:  # another thread decoded it meanwhile: use that one (it may be pinned)
+                segment = cached
+            self._cache[key] = segment
             self._cache.move_to_end(key)
-            while len(self._cache) > self._CACHE_SEGMENTS:
-                self._cache.popitem(last=False)
+            self._pins[key] = self._pins.get(key, 0) + 1
+            self._evict(keep=self._CACHE_SEGMENTS)
         return segment
 
-    def _decode(self, level: int, index: int) -> np.ndarray:
+    def _unpin(self, level: int, index: int) -> None:
+        key = (level, index)
+        with self._lock:
+            left = self._pins[key] - 1
+            if left:
+                self._pins[key] = left
+            else:
+                del self._pins[key]
+
+    def _evict(self, keep: int) -> np.ndarray | None:
+        """Drop least recently used unpinned segments until at most ``keep`` remain (lock held); return the
+        last dropped buffer, for reuse."""
+        dropped, excess = None, len(self._cache) - keep
+        if excess > 0:
+            victims = []
+            for key in self._cache:  # oldest first; pinned ones are few (one per reader thread at most)
+                if key not in self._pins:
+                    victims.append(key)
+                    if len(victims) == excess:
+                        break
+            for key in victims:
+                dropped = self._cache.pop(key)
+        return dropped
+
+    def _spare_buffer(self, level: int) -> np.ndarray | None:
+        """A buffer to decode a JPEG tile of ``level`` into (lock held): an evicted segment's when the cache
+        is full, else a new one; None when the level is not decoded into buffers."""
+        jpeg = self._jpeg[level]
+        if jpeg is None:
+            return None
+        shape = (*jpeg["shape"], 3)
+        spare = self._evict(keep=self._CACHE_SEGMENTS - 1)
+        if spare is not None and spare.shape == shape and spare.flags.c_contiguous:
+            return spare
+        return np.empty(shape, np.uint8)
+
+    def _decode(self, level: int, index: int, buffer: np.ndarray | None = None) -> np.ndarray:
         page = self._pages[level]
         offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
         if not count:
@@ -302,7 +348,7 @@ class TiffSlide(Slide):
             if jpeg is not None:
                 import imagecodecs
 
-                segment = imagecodecs.jpeg8_decode(data, **jpeg)
+                segment = imagecodecs.jpeg8_decode(data, out=buffer, **jpeg)
             else:
                 segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as exc:  # imagecodecs raises its own error classes per codec
@@ -326,14 +372,18 @@ class TiffSlide(Slide):
             sy0 = ty * seg_h
             iy0, iy1 = max(y0, sy0), min(y1, sy0 + seg_h)
             for tx in range(x0 // seg_w, (x1 - 1) // seg_w + 1):
-                seg = self._segment(level, ty * across + tx)
-                sx0 = tx * seg_w
-                ix0, ix1 = max(x0, sx0), min(x1, sx0 + seg_w)
-                # a short last strip (or a smaller segment) leaves glass below/right of its pixels
-                ey1, ex1 = min(iy1, sy0 + seg.shape[0]), min(ix1, sx0 + seg.shape[1])
-                if ey1 < iy1 or ex1 < ix1:
-                    out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = 255
-                out[iy0 - y:ey1 - y, ix0 - x:ex1 - x] = seg[iy0 - sy0:ey1 - sy0, ix0 - sx0:ex1 - sx0, :3]
+                index = ty * across + tx
+                seg = self._pin(level, index)
+                try:
+                    sx0 = tx * seg_w
+                    ix0, ix1 = max(x0, sx0), min(x1, sx0 + seg_w)
+                    # a short last strip (or a smaller segment) leaves glass below/right of its pixels
+                    ey1, ex1 = min(iy1, sy0 + seg.shape[0]), min(ix1, sx0 + seg.shape[1])
+                    if ey1 < iy1 or ex1 < ix1:
+                        out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = 255
+                    out[iy0 - y:ey1 - y, ix0 - x:ex1 - x] = seg[iy0 - sy0:ey1 - sy0, ix0 - sx0:ex1 - sx0, :3]
+                finally:
+                    self._unpin(level, index)
         return out
 
     def _read_level(self, level, x, y, width, height):
