@@ -22,8 +22,9 @@ import pytest
 from conftest import ROOT, absolute_sheet, require_sample_cohort, snakemake_cmd
 from pipeline import synth
 
-# run metadata records when and where a run happened; everything else must be byte-identical
-VOLATILE = {"run_metadata.json"}
+# run metadata records when and where a run happened, and the effective config (results/config.yaml) names the
+# run's own sample sheet file; everything else must be byte-identical
+VOLATILE = {"run_metadata.json", "config.yaml"}
 
 
 def file_digests(results: Path) -> dict[str, str]:
