@@ -85,7 +85,7 @@ def file_digests(results: Path) -> dict[str, str]:
             for p in sorted(results.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: set up (or skipped) before the session-scoped cohort_run
 def slurm_run(tmp_path_factory):
     """One run of the sample cohort through SLURM; returns (work directory, finished process)."""
     require_sample_cohort()
