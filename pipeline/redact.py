@@ -16,7 +16,7 @@ def redact(text: str, slide_path: str | os.PathLike | None) -> str:
         return text
     p = Path(slide_path)
     forms = {str(slide_path), str(p), os.path.abspath(p), p.name}
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: a symlink loop
         forms.add(str(p.resolve()))
     for form in sorted((f for f in forms if f), key=len, reverse=True):  # longest first: paths before names
         text = text.replace(form, REDACTED)

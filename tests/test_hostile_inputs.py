@@ -39,6 +39,7 @@ def run_qc(slide: Path, tmp_path: Path, mpp: float | None = None) -> dict:
                           cwd=ROOT)
     assert proc.returncode == 0, f"qc-slide crashed on {slide.name}: {proc.stderr[-2000:]}"
     record = json.loads(out.read_text())
+    record["_stderr"] = proc.stderr
     for reason in record["reasons"]:
         assert "\n" not in reason
     return record
@@ -158,4 +159,6 @@ def test_shared_bad_files(shared_data, tmp_path):
         sub.mkdir()
         record = run_qc(path, sub)
         assert record["status"] == "failed", path.name
-        assert path.name in record["reasons"][0]
+        # the log line names the file for the operator; the record (an output) says <slide file>
+        assert path.name in record["_stderr"] and path.name not in record["reasons"][0]
+        assert "<slide file>" in record["reasons"][0]

@@ -27,8 +27,28 @@ from pipeline import synth
 VOLATILE = {"run_metadata.json", "config.yaml"}
 
 
+def _digest(p: Path) -> str:
+    """SHA-256 of the bytes; for Parquet, of the table data and its metadata less the timings (seconds, tiles/s)
+    that the scores record by design."""
+    if p.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(p)
+        meta = {k.decode(): json.loads(v) if k == b"slide_triage" else v.decode()
+                for k, v in (table.schema.metadata or {}).items() if k != b"ARROW:schema"}
+        for timing in ("seconds", "tiles_per_s"):
+            meta.get("slide_triage", {}).pop(timing, None)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as w:
+            w.write_table(table.replace_schema_metadata(None))
+        data = sink.getvalue().to_pybytes() + json.dumps(meta, sort_keys=True).encode()
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
 def file_digests(results: Path) -> dict[str, str]:
-    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(results)): _digest(p)
             for p in sorted(results.rglob("*")) if p.is_file() and p.name not in VOLATILE
             and not p.name.startswith(".")}
 

@@ -11,10 +11,16 @@ HE_PATTERN = "|".join(HE_SLIDES) or "(?!)"
 
 # The model card and the weights it names are inputs: a new model re-scores every slide. (A missing or broken
 # card leaves only the card as input; score-tiles then names the problem.)
-MODEL_CARD = f"{config['model']}/card.json"
+# A relative model path is looked up in the working directory, then beside the Snakefile (the shipped models),
+# so a run with --directory elsewhere still finds models/<model_id>.
+MODEL_DIR = config["model"]
+if not os.path.isabs(MODEL_DIR) and not os.path.exists(MODEL_DIR):
+    if os.path.exists(os.path.join(workflow.basedir, MODEL_DIR)):
+        MODEL_DIR = os.path.join(workflow.basedir, MODEL_DIR)
+MODEL_CARD = f"{MODEL_DIR}/card.json"
 try:
     with open(MODEL_CARD, encoding="utf-8") as _card:
-        MODEL_FILES = [MODEL_CARD, f"{config['model']}/{json.load(_card)['weights']['file']}"]
+        MODEL_FILES = [MODEL_CARD, f"{MODEL_DIR}/{json.load(_card)['weights']['file']}"]
 except (OSError, ValueError, KeyError, TypeError):
     MODEL_FILES = [MODEL_CARD]
 
