@@ -20,7 +20,8 @@ pyramid, 0.25 um/px, ~40 % tissue) and cached outside the repository, or given w
 
 Across slides: end-to-end time against tissue area (least-squares line; should be linear) and peak RSS
 (should be flat). Throughputs are best-of-``--repeats`` with each measurement interleaved with its bound, so
-a busy neighbour on a shared machine disturbs both alike; the load average is recorded with the figures.
+a busy neighbour on a shared machine disturbs both alike; the share of CPU time other processes took during
+the run is recorded with the figures.
 """
 
 from __future__ import annotations
@@ -420,6 +421,36 @@ def check_targets(slides: list[dict]) -> list[dict]:
 
 
 # ---- report ----------------------------------------------------------------------------------------------
+class OthersCpu:
+    """Share of the machine's CPU time used by *other* processes between two points (Linux /proc/stat minus
+    this process and its waited-for children): how much a shared machine disturbed the figures."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        import resource
+
+        try:
+            with open("/proc/stat", encoding="ascii") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy, total = sum(fields[:3]) + sum(fields[5:8]), sum(fields[:8])  # user nice system, irq softirq steal
+        mine = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+        return busy / tick, total / tick, mine
+
+    def percent(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None or end[1] <= self.start[1]:
+            return None
+        busy, total, mine = (b - a for a, b in zip(self.start, end, strict=True))
+        return round(100 * max(0.0, busy - mine) / total, 1)
+
+
 def machine() -> dict:
 
     import torch
@@ -446,9 +477,9 @@ def _mib(n: int) -> str:
 def format_table(report: dict) -> str:
     """The figures as a plain-text table (the same as docs/benchmark.md's)."""
     m = report["machine"]
-    lines = [f"slide-triage benchmark  ({m['cores']} cores: {m['cpu']}; GPU: {m['gpu'] or 'none'}; "
-             f"load average {report['load_average_before'][0]:.1f} before, {report['load_average_after'][0]:.1f} "
-             "after)",
+    others = report.get("others_cpu_percent")
+    lines = [f"slide-triage benchmark  ({m['cores']} cores: {m['cpu']}; GPU: {m['gpu'] or 'none'}; other processes "
+             f"used {'?' if others is None else others}% of the CPU during the run)",
              f"model: {report['model']}; {report['threads']} threads, batch {report['batch_size']}", ""]
     head = ("slide", "tissue mm2", "tiles", "qc+grid s", "read t/s", "decode t/s", "read %", "score t/s",
             "compute t/s", "score %", "baseline t/s", "speed-up", "e2e s (median)", "peak RSS MiB", "GPU t/s")
@@ -472,7 +503,7 @@ def format_table(report: dict) -> str:
         if e:
             stages = ", ".join(f"{k} {v:.1f} s / {_mib(e['stage_peak_rss_bytes'][k])} MiB"
                                for k, v in e["stage_seconds_median"].items())
-            lines.append(f"{s['name']}: {stages}")
+            lines.append(f"{s['name']}: {stages} (other processes: {s.get('others_cpu_percent', '?')}% CPU)")
     sc = report["scaling"]
     if sc.get("seconds_vs_tissue_mm2"):
         f = sc["seconds_vs_tissue_mm2"]
@@ -585,8 +616,12 @@ def run(args) -> None:
         workdir = Path(tmp)
         config_path = workdir / "config.yaml"
         atomic.write_json(config_path, config)  # JSON is YAML
+        others = OthersCpu()
         for path, name in slides:
+            slide_others = OthersCpu()
             report["slides"].append(benchmark_slide(path, name, config, config_path, model_dir, workdir, args))
+            report["slides"][-1]["others_cpu_percent"] = slide_others.percent()
+    report["others_cpu_percent"] = others.percent()
     report["load_average_after"] = list(os.getloadavg())
     report["scaling"] = scaling(report["slides"])
     report["targets"] = check_targets(report["slides"])
