@@ -97,3 +97,24 @@ def test_no_console_messages_and_a_screenshot(page, tmp_path):
         assert colours is None or len(colours) > 50  # the page is drawn, not blank
     SCREENSHOT.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_sample_cohort_page_puts_the_carcinoma_cases_on_top(cohort_run, tmp_path):
+    """The demo's page (the sample cohort) in the browser: cases A and B (suspected metastatic carcinoma) first,
+    then C (sarcoma), then D (no tumour); the screenshot people look at is of this page."""
+    page = cohort_run / "results" / "report.html"
+    proc = chromium(page.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = re.findall(r'<tr[^>]*data-level="case"[^>]*>(.*?)</tr>', proc.stdout, flags=re.S)
+    cells = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, flags=re.S)]
+             for r in rows]
+    order = [next(c for c in row if c in {"A", "B", "C", "D"}) for row in cells]
+    calls = {case: next(c for c in row if c.startswith(("favours", "no tumour", "refer")))
+             for case, row in zip(order, cells, strict=True)}
+    assert set(order[:2]) == {"A", "B"} and order[2:] == ["C", "D"], order
+    assert calls == {"A": "favours metastatic carcinoma", "B": "favours metastatic carcinoma",
+                     "C": "favours sarcoma", "D": "no tumour"}, calls
+    shot = tmp_path / "report.png"
+    assert chromium(page.as_uri(), tmp_path / "profile2", f"--screenshot={shot}").returncode == 0
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, SCREENSHOT)
