@@ -46,6 +46,7 @@ from pipeline.synth_tissue import (  # noqa: F401  (re-exported for pipeline.tra
 
 TILE_PX = 256
 BAND_PX = 512  # level-0 rows rendered at a time (a multiple of the tile and of 4^3)
+CHUNK_PX = 2048  # rendered px per column chunk of a band
 VERSION = 1
 
 # The sample cohort: (case, slide, layout, stain, format). One layout seed per case: its IHC slides show
@@ -96,7 +97,11 @@ def render_band(band: int) -> np.ndarray:
     rows = BAND_PX // f
     pad = 2  # render rows beyond the band so the upsampling has neighbours (seamless bands)
     y0_um = band * BAND_PX * mpp - pad * r_mpp
-    img = render_region(layout, stain, 0.0, y0_um, width_pad // f, rows + 2 * pad, r_mpp)
+    # columns of at most CHUNK_PX rendered px at a time: memory is bounded by the chunk, not the slide's width
+    # (rendering is a pure function of position, so the chunks join without seams)
+    nx = width_pad // f
+    img = np.concatenate([render_region(layout, stain, x * r_mpp, y0_um, min(CHUNK_PX, nx - x), rows + 2 * pad, r_mpp)
+                          for x in range(0, nx, CHUNK_PX)], axis=1)
     if f > 1:
         from PIL import Image
 
