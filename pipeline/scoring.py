@@ -2,8 +2,8 @@
 
 Tiles are read at the model card's um/px by reader threads sharing one open Slide (the default: the TIFF
 reader decodes JPEG in C with the GIL released), or DataLoader worker processes that open the slide once per
-worker, a few batches ahead of inference (:func:`reader_plan`). The main thread runs batched inference under
-``torch.inference_mode``
+worker; they read ahead of inference where a core (or a GPU) is free for it, else in turn with it on all
+cores (:func:`reader_plan`). The main thread runs batched inference under ``torch.inference_mode``
 (channels_last; bfloat16 autocast on CPU where the card allows it; CUDA with AMP when present).
 Output: ``scores.parquet`` with level-0 ``x``, ``y`` (int64), ``prob_<class>`` and ``ood_score`` (float32),
 in grid order, and the run's metadata in the schema metadata (key ``slide_triage``).
@@ -225,16 +225,22 @@ def reader_plan(device: str, threads: int, readers: int | None = None,
                 prefetch: int | None = None) -> tuple[int, int]:
     """(reader threads, batches read ahead) for scoring with ``threads`` inference threads on ``device``.
 
-    Reading overlaps inference: on a GPU up to 8 readers; on a CPU one reader per core left beside the
-    inference threads (at least one, at most 4), each a batch ahead. Reading costs a fraction of inference
-    (~3,700 tiles/s on one core against ~900 tiles/s for small_cnn on two), so one reader keeps up. ``prefetch=0`` reads each batch
-    on all readers and then infers instead (no overlap); on 2 cores both measured the same within the noise
-    of a shared machine (docs/benchmark.md), and overlapping is the one that still helps once a core is free.
+    On a GPU: up to 8 readers, each a batch ahead (reading overlaps inference). On a CPU with cores left
+    beside the inference threads: a reader per spare core (at most 4), overlapped. On a CPU that inference
+    already fills: ``threads`` readers read each batch together, then inference runs (``prefetch`` 0) -- on
+    2 cores this beat one overlapped reader in all 6 paired runs (by 2-30 %): an overlapped reader preempts
+    an inference thread, and the other spins at the next barrier until it is back.
     """
     cpus = available_cpus()
+    if device != "cpu":
+        readers = readers or max(1, min(8, cpus - 1))
+        return readers, readers + 1 if prefetch is None else prefetch
+    spare = cpus - threads
     if readers is None:
-        readers = max(1, min(8, cpus - 1)) if device != "cpu" else max(1, min(4, cpus - threads))
-    return readers, readers + 1 if prefetch is None else prefetch
+        readers = min(spare, 4) if spare >= 1 else max(1, threads)
+    if prefetch is None:
+        prefetch = readers + 1 if readers <= spare else 0
+    return readers, prefetch
 
 
 def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None, batch_size: int = 64,
@@ -350,11 +356,12 @@ def configure_parser(parser) -> None:
     parser.add_argument("--reader", choices=["threads", "processes"], default="threads",
                         help="tile readers: a thread pool (default, measured faster) or DataLoader processes")
     parser.add_argument("--readers", type=int, default=None,
-                        help="reader threads/processes (default: the cores left beside --threads, 1 to 4; "
-                             "on a GPU up to 8)")
+                        help="reader threads/processes (default: the cores left beside --threads, up to 4, "
+                             "reading ahead of inference; with none left, --threads readers in turn with "
+                             "inference; on a GPU up to 8)")
     parser.add_argument("--prefetch", type=int, default=None,
-                        help="batches read ahead of inference (default: readers + 1; 0: read each batch on all "
-                             "readers, then infer)")
+                        help="batches read ahead of inference (0: read each batch on all readers, then infer; "
+                             "default: see --readers)")
 
 
 def run(args) -> None:

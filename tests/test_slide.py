@@ -251,12 +251,13 @@ def test_thread_tile_reader_batches_in_grid_order(small_svs, workers, prefetch):
     assert len(reader._opened) == 0
 
 
-def test_reader_plan_reads_ahead_on_the_cores_left(monkeypatch):
+def test_reader_plan_overlaps_only_with_a_free_core_or_a_gpu(monkeypatch):
     from pipeline import scoring
 
     monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
-    assert scoring.reader_plan("cpu", threads=2) == (1, 2)  # no core left: still one reader, a batch ahead
-    assert scoring.reader_plan("cpu", threads=2, readers=2, prefetch=0) == (2, 0)  # asked for: as asked
+    assert scoring.reader_plan("cpu", threads=2) == (2, 0)  # inference fills both cores: read, then infer
+    assert scoring.reader_plan("cpu", threads=1) == (1, 2)  # one core free: one reader, overlapped
+    assert scoring.reader_plan("cpu", threads=2, readers=1, prefetch=3) == (1, 3)  # asked for: as asked
     monkeypatch.setattr(scoring, "available_cpus", lambda: 16)
     assert scoring.reader_plan("cpu", threads=2) == (4, 5)
     assert scoring.reader_plan("cuda", threads=2) == (8, 9)
