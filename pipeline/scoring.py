@@ -400,7 +400,9 @@ def run(args) -> None:
                                         progress=sys.stderr.isatty())
     except SlideError as exc:
         log.error("%s", exc)
-        meta.update(status="failed", reason=str(exc), n_tiles=0)
+        from pipeline.redact import redact
+
+        meta.update(status="failed", reason=redact(str(exc), args.slide), n_tiles=0)
         write_scores(args.out, empty_columns(card["classes"]), meta)
         return
     meta.update(run_meta)
