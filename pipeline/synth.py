@@ -34,6 +34,7 @@ from pipeline.errors import TriageError
 from pipeline.synth_tissue import (  # noqa: F401  (re-exported for pipeline.train_data)
     CLASSES,
     COARSE,
+    COMPARTMENT,
     EXPRESSION,
     LAYOUTS,
     TUMOUR_CLASSES,
@@ -184,6 +185,8 @@ def write_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float 
         raise TriageError(f"unknown slide format {fmt!r}: use svs or tif")
     if layout not in LAYOUTS:
         raise TriageError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if stain != "HE" and stain not in COMPARTMENT:
+        raise TriageError(f"unknown stain {stain!r} for the generator: use HE or one of {', '.join(COMPARTMENT)}")
     if width < 256 or height < 256 or not 0.05 <= mpp <= 10:
         raise TriageError(f"slide size {width}x{height} px at {mpp} um/px is out of range (>= 256 px, 0.05-10 um/px)")
     layout_seed = seed if layout_seed is None else layout_seed
@@ -250,7 +253,7 @@ def write_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float 
                     lw, lh = sizes[-1]
                     small = np.fromfile(raws[-1], np.uint8)[: lw * lh * 3].reshape(lh, lw, 3) \
                         if len(sizes) > 1 else None
-                    thumb = _thumbnail(small if small is not None else None, width, height)
+                    thumb = _thumbnail(small, width, height)
                     tw.write(thumb, description=f"Aperio Image Library v12.0.16 \r\n{width}x{height} -> "
                                                 f"{thumb.shape[1]}x{thumb.shape[0]} - ", rowsperstrip=16,
                              **common, **jpeg)
@@ -437,6 +440,7 @@ def contact_sheet(folder: str | os.PathLike, out: str | os.PathLike, tile_um: fl
     """One PNG: per slide of a generated cohort, its thumbnail and a 1.0 um/px tile from each drawn class."""
     import openslide
     from PIL import Image, ImageDraw
+    from scipy import ndimage
 
     folder = Path(folder)
     rows = []
@@ -450,7 +454,9 @@ def contact_sheet(folder: str | os.PathLike, out: str | os.PathLike, tile_um: fl
         for cid in np.unique(labels):
             if cid == 0:
                 continue
-            inner = ndi_erode(labels == cid, int(np.ceil(tile_um / rec["labels_um_per_px"])))
+            # label pixels at least half a tile inside the class region
+            half_tile = max(1, int(tile_um / rec["labels_um_per_px"]) // 2)
+            inner = ndimage.binary_erosion(labels == cid, iterations=half_tile)
             ys, xs = np.nonzero(inner)
             if not len(ys):
                 continue
@@ -479,8 +485,3 @@ def contact_sheet(folder: str | os.PathLike, out: str | os.PathLike, tile_um: fl
         sheet.save(tmp, format="PNG")
     return out
 
-
-def ndi_erode(mask: np.ndarray, iterations: int) -> np.ndarray:
-    from scipy import ndimage
-
-    return ndimage.binary_erosion(mask, iterations=max(1, iterations // 2))

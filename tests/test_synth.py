@@ -66,6 +66,16 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     assert a.read_bytes() != c.read_bytes()
 
 
+def test_unknown_stain_layout_or_format_is_refused(tmp_path):
+    from pipeline.errors import TriageError
+
+    for bad, match in (({"stain": "CK5000"}, "unknown stain 'CK5000'"), ({"layout": "kidney"}, "unknown layout"),
+                       ({"fmt": "png"}, "unknown slide format")):
+        with pytest.raises(TriageError, match=match):
+            synth.write_slide(tmp_path / "x.svs", width=512, height=512, mpp=0.5, **bad)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
 def test_rendering_is_seamless_across_bands():
     lay = make_layout(5, 600, 600, "mixed", 0.8)
     stain = Stain.for_slide("HE", 5)
