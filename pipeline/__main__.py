@@ -26,7 +26,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "export-geojson": ("pipeline.geojson", "write QuPath GeoJSON of tiles and tissue outline"),
     "call-case": ("pipeline.case", "combine a case's H&E and IHC evidence into a case call"),
     "make-report": ("pipeline.report", "write the cohort worklist and HTML review page"),
-    "train": ("pipeline.train", "train a tile classifier and write weights + model card"),
+    "train": ("pipeline.train", "train a small CNN end to end (the v1 baseline) and write weights + card"),
+    "train-model": ("pipeline.train_model", "fit the tile classifier on real images; select by leave-one-source-out"),
+    "evaluate": ("pipeline.evaluate", "a model on labelled real patches: per-source AUC, accuracy, OOD share"),
     "benchmark": ("pipeline.benchmark", "measure every stage against its physical bound"),
 }
 

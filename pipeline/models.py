@@ -71,6 +71,24 @@ def _torchvision(name: str) -> Callable[[int], nn.Module]:
     return build
 
 
+def _efficientnet_lite0(last_block: int | None = None, grey: bool = False) -> Callable[[int], nn.Module]:
+    """EfficientNet-Lite0 (pipeline/efficientnet_lite.py), pooled after ``last_block`` (None: the full network
+    and its 1280-d head convolution), grey input or colour, and a linear head. The weights -- ImageNet backbone
+    and the fitted head -- come from the model's weights file, never from a download."""
+
+    def build(num_classes: int) -> nn.Module:
+        from pipeline.efficientnet_lite import efficientnet_lite0
+
+        return efficientnet_lite0(num_classes, last_block=last_block, grey_input=grey)
+
+    return build
+
+
+def lite0_name(tap: str, grey: bool) -> str:
+    """Architecture name of an EfficientNet-Lite0 variant: tap ``head`` / ``b14`` / ``b10``, grey or colour."""
+    return "efficientnet_lite0" + ("_grey" if grey else "") + ("" if tap == "head" else f"_{tap}")
+
+
 # name -> (builder, attribute of the built module holding the classification head). The head is split off
 # so the wrapper sees the pooled features (for the OOD score); its input size is the feature size.
 ARCHITECTURES: dict[str, tuple[Callable[[int], nn.Module], str]] = {
@@ -80,6 +98,8 @@ ARCHITECTURES: dict[str, tuple[Callable[[int], nn.Module], str]] = {
     "efficientnet_b0": (_torchvision("efficientnet_b0"), "classifier"),
     "resnet18": (_torchvision("resnet18"), "fc"),
 }
+ARCHITECTURES.update({lite0_name(tap, grey): (_efficientnet_lite0(None if tap == "head" else int(tap[1:]), grey), "_fc")
+                      for tap in ("head", "b14", "b10") for grey in (False, True)})
 
 
 def _feature_dim(head: nn.Module) -> int:
@@ -125,6 +145,8 @@ class TileClassifier(nn.Module):
             raise ValueError(f"expected a batch of RGB tiles (4-D), got shape {tuple(x.shape)}")
         if x.shape[1] != 3 and x.shape[-1] == 3:
             x = x.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW = channels_last, no copy
+        if getattr(self.backbone, "grey_input", False):  # stain colour hidden from the model (its card says why)
+            x = x.to(torch.float32).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
         # in place on a private float copy: one pass over memory instead of three (x - mean) / std temporaries
         scale = 1.0 / self.std
         return x.to(torch.float32, copy=True).mul_(scale).sub_(self.mean * scale)

@@ -1,31 +1,36 @@
-# Training a tile classifier (pipeline/train.py): not part of `rule all`. Run it explicitly, e.g.
-#   snakemake --cores 2 results/models/triage-smallcnn-v1/card.json
+# Fitting the tile classifier (pipeline/train_model.py): not part of `rule all`. Run it explicitly, e.g.
+#   snakemake --cores 2 results/models/triage-effnetlite0-v2/card.json
 # The candidate lands under results/models/; ship it by copying card.json + weights.pt to models/<model_id>/
 # and pointing the config's `model` at it. Needs from common.smk: RESULTS, PIPELINE.
+# (The v1 small CNN was trained end to end by `python -m pipeline train`; its card records the command.)
 
 import os
 
-# Labelled real patches (../shared/data/patches: <class>/<image> + labels.csv); rows without um/px get the
-# scale assumed below (TCIA osteosarcoma tiles: 10x, about 1 um/px; TCGA tiles: 20x, about 0.5 um/px).
-TRAIN_PATCHES = "../shared/data/patches"
-TRAIN_ASSUME_MPP = ["Osteosarcoma=1.0", "Komura=0.5", "TCGA-COAD=0.5"]
-# The arguments that trained the shipped models/triage-smallcnn-v1 (2 CPU cores; the time budget ended it at
-# step 730 of 1500, so a faster or busier machine stops elsewhere: same data and seed, not the same bytes).
-TRAIN_ARGS = (
-    "--architecture small_cnn --synthetic 450 --textures 300 --steps 1500 --batch-size 48"
-    " --eval-every 250 --time-budget-min 28 --seed 0"
-)
+# Labelled real H&E images (../shared/data: train/ and patches/, each with labels.csv). Sources that state no
+# um/px get the scale assumed below (per source, from their READMEs and nuclear size; the card lists them).
+TRAIN_LABELS = ["../shared/data/train/labels.csv", "../shared/data/patches/labels.csv"]
+TRAIN_ASSUME_MPP = [
+    "monuseg=0.25",  # MoNuSeg TCGA crops without XML: 40x, ~0.25 (the others state 0.246-0.253)
+    "ucsb=0.33",  # UCSB breast TMA: not stated, ~0.25-0.35 by nuclear size
+    "oral-scc-guan=0.4",  # OSCC photos: not stated, ~0.3-1 (nuclei: ~0.4)
+    "_100x=1.0",  # Rahman oral photos at 100x
+    "_400x=0.25",  # ... and at 400x
+    "Osteosarcoma=1.0",  # TCIA osteosarcoma tiles: 10x, ~1 um/px
+    "Komura=0.5",  # TCGA tiles: 20x, ~0.5 um/px
+    "TCGA-COAD=0.5",
+]
+TRAIN_ARGS = "--mpp 1.0 --tile-px 224 --train-crops 8 --eval-tiles 4 --steps 400 --seed 0"
 
 
 rule train_model:
     input:
-        labels=f"{TRAIN_PATCHES}/labels.csv",
+        labels=TRAIN_LABELS,
     output:
         card=f"{RESULTS}/models/{{model_id}}/card.json",
         weights=f"{RESULTS}/models/{{model_id}}/weights.pt",
     params:
         pipeline=PIPELINE,
-        patches=lambda wildcards, input: os.path.dirname(input.labels),
+        labels=lambda wildcards, input: " ".join(f"--labels {p}" for p in input.labels),
         assume=" ".join(f"--assume-mpp {a}" for a in TRAIN_ASSUME_MPP),
         extra=TRAIN_ARGS,
         out=lambda wildcards: f"{RESULTS}/models/{wildcards.model_id}",
@@ -43,5 +48,5 @@ rule train_model:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{params.pipeline} train --out {params.out:q} --model-id {wildcards.model_id} --patches {params.patches:q}"
+        "{params.pipeline} train-model --out {params.out:q} --model-id {wildcards.model_id} {params.labels}"
         " {params.assume} {params.extra} --threads {threads} --cache-dir {params.cache:q} 2> {log:q}"

@@ -1,0 +1,83 @@
+"""``python -m pipeline evaluate``: a model on a user's labelled real patches.
+
+Input: a labels CSV (``path,label,source,mpp``; ../shared/data/train and ../shared/data/patches' own CSVs are
+read too -- pipeline.labelled_images). Each image is cut into up to ``--tiles-per-image`` tiles on a grid at the
+model's um/px (smaller images reflect-padded, never enlarged), scored by the model (calibrated probabilities and
+OOD score), and summarised per source and pooled by pipeline.real_metrics -- the same code that writes the card's
+figures. Labels outside the model's classes (necrosis, benign tumour, normal...) count as non_tumour. Images
+without a stated um/px are refused unless ``--assume-mpp`` gives one.
+
+A table goes to stdout; ``--json`` writes every figure. Sources the model was trained on are named: their
+figures are not held-out results.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from pipeline.errors import TriageError
+
+log = logging.getLogger(__name__)
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("labels", help="labels CSV: path,label,source,mpp (paths relative to the CSV)")
+    parser.add_argument("--model", default="models/triage-effnetlite0-v2", help="model directory (card.json + weights)")
+    parser.add_argument("--assume-mpp", action="append", default=[], metavar="SUBSTRING=MPP",
+                        help="um/px for rows without one whose path or source contains SUBSTRING (repeatable)")
+    parser.add_argument("--tiles-per-image", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", dest="json_out", help="write all figures to this JSON file")
+
+
+def score_images(model, card: dict, records, tiles_per_image: int, batch_size: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities (N, C), OOD score (N,), true class index (N,), owning record index (N,)) of grid tiles."""
+    import torch
+
+    from pipeline.labelled_images import image_tiles, load_rgb
+
+    classes = list(card["classes"])
+    probs, ood, labels, owners = [], [], [], []
+    for i, rec in enumerate(records):
+        tiles = image_tiles(load_rgb(rec.path), rec.mpp, card["mpp"], card["tile_px"], tiles_per_image)
+        with torch.no_grad():
+            for a in range(0, len(tiles), batch_size):
+                p, o = model.score(torch.from_numpy(tiles[a:a + batch_size]))
+                probs.append(p.numpy())
+                ood.append(o.numpy())
+        labels += [classes.index(rec.label)] * len(tiles)
+        owners += [i] * len(tiles)
+    return np.concatenate(probs), np.concatenate(ood), np.array(labels), np.array(owners)
+
+
+def run(args) -> None:
+    import torch
+
+    from pipeline import atomic
+    from pipeline.labelled_images import parse_assume_mpp, read_labels
+    from pipeline.models import load_model
+    from pipeline.real_metrics import format_table, real_metrics
+
+    torch.set_num_threads(max(1, args.threads))
+    model, card = load_model(args.model)
+    if set(card["classes"]) != {"carcinoma", "sarcoma", "non_tumour"}:
+        raise TriageError(f"{args.model}: evaluate needs a carcinoma / sarcoma / non_tumour model")
+    records = read_labels(args.labels, parse_assume_mpp(args.assume_mpp))
+    probs, ood, labels, owners = score_images(model, card, records, args.tiles_per_image, args.batch_size)
+    sources = np.array([records[i].source for i in owners])
+    metrics = real_metrics(probs, labels, sources, owners, list(card["classes"]), ood)
+    trained_on = set(card.get("training_data", {}).get("real_sources", []))
+    seen = sorted(s for s in metrics["per_source"] if s in trained_on)
+    print(f"model {card['model_id']} on {args.labels}: {len(records)} images, {len(labels)} tiles at "
+          f"{card['mpp']} um/px (decision support, not a diagnosis)")
+    print(format_table(metrics, list(card["classes"])))
+    if seen:
+        print(f"note: the model was trained on {', '.join(seen)}: those rows (and the pooled row) are not held-out "
+              "results; the card's leave-one-source-out table is.")
+    if args.json_out:
+        atomic.write_json(args.json_out, {"model_id": card["model_id"], "labels": str(args.labels),
+                                          "trained_on": seen, "metrics": metrics})
