@@ -5,7 +5,11 @@ tiles' OOD scores, the QC verdict and areas, and the config's ``slide_call`` thr
 
 * ``refer`` -- QC failure, too little tissue, tissue unlike the training data, a borderline amount of
   tumour, mixed carcinoma/sarcoma signal or low confidence. Referral is the safe answer, never a guess.
-* ``no_tumour`` -- (almost) no tile reaches the tumour threshold.
+* ``no_tumour`` -- (almost) no tile reaches the tumour threshold, the model is sure (confidence at least
+  ``min_confidence``) and at most ``no_tumour_ood_max_fraction`` of the tiles are unlike the training data:
+  tumour the model has never seen could hide in those tiles, so a no-tumour call tolerates no more of them
+  than it tolerates tumour tiles. Otherwise the call is refer, saying so and what would help
+  (:data:`NO_TUMOUR_HELP`); it is never silently ranked last.
 * ``carcinoma`` / ``sarcoma`` -- enough tumour, and its tiles agree on the lineage.
 
 Every call carries a one-sentence ``reason`` and a ``confidence`` in [0, 1]: for a carcinoma, sarcoma or
@@ -33,8 +37,11 @@ DEFAULT_PARAMS = {
     "mixed_max_fraction": 0.25,
     "min_confidence": 0.5,
     "ood_max_fraction": 0.3,
+    "no_tumour_ood_max_fraction": 0.02,
     "top_tiles": 8,
 }
+# What would help when the model cannot rule tumour out, or cannot read the tissue.
+NO_TUMOUR_HELP = "review the slide; IHC (pan-keratin, desmin) would help"
 
 
 def _top_indices(values: np.ndarray, n: int) -> list[int]:
@@ -52,6 +59,22 @@ def _topk_mean(values: np.ndarray, k: int) -> float:
     return float(np.mean(np.partition(values, len(values) - k)[-k:]))
 
 
+def no_tumour_doubt(confidence: float, ood_fraction: float, params: dict) -> str | None:
+    """Why a no-tumour reading must be referred (low confidence, tiles unlike the training data), or None.
+
+    ``ood_fraction``: share of tiles with OOD score > 1. A no-tumour call tolerates at most
+    ``no_tumour_ood_max_fraction`` of them (tumour unlike anything the model saw could be there), far fewer
+    than a tumour call's ``ood_max_fraction``.
+    """
+    limit = params["no_tumour_ood_max_fraction"]
+    if ood_fraction > limit:
+        return (f"tissue unlike the training data in {100 * ood_fraction:.1f}% of tiles (a no-tumour call "
+                f"tolerates {100 * limit:g}%)")
+    if confidence < params["min_confidence"]:
+        return f"low confidence ({confidence:.2f} < {params['min_confidence']:g})"
+    return None
+
+
 def call_slide(probs: dict[str, np.ndarray], ood: np.ndarray | None, qc_status: str, tissue_area_mm2: float,
                tile_area_mm2: float, params: dict | None = None) -> dict:
     """The slide call with its evidence.
@@ -63,7 +86,8 @@ def call_slide(probs: dict[str, np.ndarray], ood: np.ndarray | None, qc_status: 
 
     Returns a JSON-ready dict: call, confidence, reason, tumour_burden (fraction of analysed tiles),
     tumour_area_mm2, per-class burden, lineage score (carcinoma share of the top-k tumour evidence),
-    OOD fraction, counts, top tile indices per class, and the leading alternative when the call is refer.
+    OOD fraction, counts, top tile indices per class, the leading alternative when the call is refer, and
+    ``would_help`` (what a reviewer can do when a no-tumour reading is referred; empty otherwise).
     """
     p = {**DEFAULT_PARAMS, **(params or {})}
     missing = [c for c in (*TUMOUR_CLASSES, NON_TUMOUR) if c not in probs]
@@ -103,7 +127,7 @@ def call_slide(probs: dict[str, np.ndarray], ood: np.ndarray | None, qc_status: 
         "n_tiles": n, "n_tumour_tiles": n_tumour, "analysed_area_mm2": round(analysed_mm2, 4),
         "tissue_area_mm2": round(float(tissue_area_mm2), 4), "qc_status": qc_status,
         "ood_fraction": round(ood_fraction, 4), "ood_tumour_fraction": round(ood_tumour_fraction, 4),
-        "leading_call": None, "leading_confidence": None,
+        "leading_call": None, "leading_confidence": None, "would_help": [],
         "top_tiles": {
             "carcinoma": _top_indices(pc, p["top_tiles"]), "sarcoma": _top_indices(ps, p["top_tiles"]),
             "non_tumour": _top_indices(np.asarray(probs[NON_TUMOUR], np.float64), p["top_tiles"]),
@@ -133,12 +157,10 @@ def call_slide(probs: dict[str, np.ndarray], ood: np.ndarray | None, qc_status: 
         conf = float(np.mean(probs[NON_TUMOUR])) * in_dist
         what = (f"no tumour: {n_tumour} of {n} tiles reach tumour probability {p['tumour_prob_min']:g} "
                 f"({tumour_mm2:.2f} mm2, {100 * fraction:.1f}%)")
-        if ood_fraction > p["ood_max_fraction"]:
-            return refer(f"tissue unlike the training data in {100 * ood_fraction:.0f}% of tiles "
-                         f"(limit {100 * p['ood_max_fraction']:.0f}%); the model's {what} is not reliable",
-                         "no_tumour", conf)
-        if conf < p["min_confidence"]:
-            return refer(f"low confidence ({conf:.2f}) in {what}", "no_tumour", conf)
+        doubt = no_tumour_doubt(conf, ood_fraction, p)
+        if doubt:
+            record["would_help"] = [NO_TUMOUR_HELP]
+            return refer(f"{doubt}: the model's {what} cannot rule tumour out; {NO_TUMOUR_HELP}", "no_tumour", conf)
         record.update(call="no_tumour", confidence=round(conf, 4), reason=what + qc_note)
         return record
     if tumour_mm2 < p["min_tumour_mm2"] or fraction < p["min_tumour_fraction"]:

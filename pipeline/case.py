@@ -21,8 +21,10 @@ Reasoning, in order:
 5. Otherwise the supported lineage (IHC, H&E, or both) gives the call; a carcinoma gets the matching
    ``site_patterns`` of the knowledge base as primary-site candidates.
 
-Priority (worklist order, 1 first): 1 = conflicts, suspected metastatic carcinoma and melanocytic patterns
-(possible metastatic melanoma); 2 = other refer; 3 = favours sarcoma; 4 = no tumour.
+Priority (worklist order, 1 first; :data:`CATEGORY_RANK`): 1 = a tumour call (favours metastatic carcinoma
+or favours sarcoma), conflicts and melanocytic patterns (possible metastatic melanoma); 2 = other refer;
+3 = no tumour. A triage list puts every suspected malignancy before the cases that still need evidence, and
+those before the ones with none. An H&E no-tumour call below ``he_min_confidence`` is uncertain (refer).
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ CARCINOMA, SARCOMA, REFER, NO_TUMOUR = ("favours metastatic carcinoma", "favours
 DEFAULT_PARAMS = {"he_min_confidence": 0.5, "lineage_evidence_min": 1.0, "he_only_calls": True}
 RESULT_ORDER = {"positive": 3, "equivocal": 2, "negative": 1}
 PRIORITY_LABELS = {
-    1: "first: suspected metastatic carcinoma, conflicting evidence or melanocytic pattern",
+    1: "first: a tumour call (metastatic carcinoma or sarcoma), conflicting evidence or melanocytic pattern",
     2: "next: refer (insufficient or equivocal evidence)",
-    3: "then: favours sarcoma",
-    4: "last: no tumour",
+    3: "last: no tumour",
 }
+CATEGORY_RANK = {"carcinoma": 1, "sarcoma": 1, "conflict": 1, "melanocytic": 1, "insufficient": 2, "no_tumour": 3}
+CALL_RANK = {CARCINOMA: 1, SARCOMA: 1, REFER: 2, NO_TUMOUR: 3}  # when only the call is known (refer: 2)
 # Panels suggested when nothing has been done yet, and per lineage.
 LINEAGE_PANEL = ["CK_AE1AE3", "desmin"]
 SARCOMA_PANEL = {"desmin": "smooth/skeletal muscle", "SMA": "smooth muscle/myofibroblastic",
@@ -132,7 +135,7 @@ def he_consensus(he_calls: list[dict], min_confidence: float) -> dict:
         conf = max(h["confidence"] for h in confident)
         return {"state": state, "slides": [h["slide_id"] for h in confident], "confidence": conf,
                 "reason": f"H&E favours {state} (confidence {conf:.2f})"}
-    if all(h["call"] == "no_tumour" for h in he_calls):
+    if all(h["call"] == "no_tumour" and (h.get("confidence") or 0.0) >= min_confidence for h in he_calls):
         conf = min((h.get("confidence") or 0.0) for h in he_calls)
         return {"state": "no_tumour", "slides": slides, "confidence": conf, "reason": "no tumour on H&E"}
     return {"state": "uncertain", "slides": slides, "confidence": None,
@@ -403,7 +406,7 @@ def call_case(he_calls: list[dict], ihc_results: list[dict], kb: dict, params: d
         notes.append("ER/PR positivity is expected in uterine-type smooth-muscle tumours (leiomyosarcoma), not "
                      "evidence of breast carcinoma without keratin")
 
-    rank = {"conflict": 1, "carcinoma": 1, "melanocytic": 1, "insufficient": 2, "sarcoma": 3, "no_tumour": 4}[category]
+    rank = CATEGORY_RANK[category]
     burden = max((h.get("tumour_burden") or 0.0 for h in usable_he), default=0.0)
     strength = min(1.0, max(carc_score, sarc_score) / 2.0) if markers else (he.get("confidence") or 0.0)
     score = round(0.5 * strength + 0.5 * burden, 4)

@@ -569,8 +569,8 @@ def configure_parser(parser) -> None:
     src.add_argument("--image", help="a plain RGB image (PNG/JPEG) instead of a slide: contact sheet only")
     parser.add_argument("--slide-id", default=None, help="slide id (default: the tile grid's, else file stem)")
     parser.add_argument("--mpp", type=float, default=None,
-                        help="level-0 um/px override for --slide (sample sheet `mpp`), or the um/px of --image "
-                             "(default 0.5)")
+                        help="level-0 um/px override for --slide (sample sheet `mpp`); required with --image: "
+                             "the image's um/px (never assumed)")
     parser.add_argument("--marker", default=None,
                         help="marker name from the knowledge base (the slide's stain); --image defaults to Ki67")
     parser.add_argument("--tiles", help="tiles.parquet from tile-slide")
@@ -599,8 +599,8 @@ def run(args) -> None:
         raise ConfigError("--slide needs --marker (the slide's stain, a marker of the knowledge base)")
     entry = marker_entry(kb, args.marker)
     if args.image:
+        mpp = image_mpp(args.image, args.mpp, params.quantify_mpp)
         rgb = np.asarray(Image.open(args.image).convert("RGB"))
-        mpp = args.mpp or 0.5
         if abs(mpp - params.quantify_mpp) / params.quantify_mpp > 0.05:
             scale = mpp / params.quantify_mpp
             rgb = np.asarray(Image.fromarray(rgb).resize((round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
@@ -617,6 +617,22 @@ def run(args) -> None:
     if not (args.tiles and args.out and args.out_tiles):
         raise ConfigError("--slide needs --tiles (tiles.parquet), --out-tiles and --out")
     run_slide(args, config, params, kb, entry)
+
+
+def image_mpp(path, mpp: float | None, quantify_mpp: float) -> float:
+    """The um/px of a plain image given with ``--mpp``: required, plausible, and not coarser than
+    ``quantify_mpp`` (an image is never enlarged); raises :class:`SlideError` naming the file and the fix."""
+    from pipeline.errors import SlideError
+    from pipeline.slide import check_mpp, resolution_problem
+
+    if mpp is None:
+        raise SlideError(f"{path}: --image needs --mpp, the image's um/px (a plain image carries none; it is "
+                         "never assumed)")
+    check_mpp(mpp, path, "--mpp")
+    problem = resolution_problem(mpp, quantify_mpp, "IHC quantification (ihc.quantify_mpp)")
+    if problem:
+        raise SlideError(f"{path}: {problem}")
+    return mpp
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -639,7 +655,7 @@ def _read_json(path) -> dict | None:
 
 def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> None:
     from pipeline.errors import SlideError
-    from pipeline.slide import open_slide
+    from pipeline.slide import check_resolution, open_slide
     from pipeline.tiling import read_tile_grid
 
     grid = read_tile_grid(args.tiles)
@@ -665,6 +681,9 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
     if failure is None:
         try:
             with open_slide(args.slide, mpp=args.mpp) as slide:
+                check_resolution(slide, params.quantify_mpp, "IHC quantification (ihc.quantify_mpp)")
+                read_px = int(round(grid_size_um / params.quantify_mpp))  # as quantify_ihc reads each tile
+                record["effective_mpp"] = round(slide.tile_geometry(read_px, params.quantify_mpp)[2], 6)
                 thumb, _ = slide.read_downsampled(max(params.thumb_mpp, slide.mpp))
                 check = stain_check(thumb, args.marker, he_dab_max=params.stain_check_he_dab_max,
                                     ihc_dab_min=params.stain_check_ihc_dab_min,

@@ -3,6 +3,11 @@
 ``qc-slide`` never crashes on a bad slide: it writes ``qc.json`` with ``status: failed`` and a one-line
 reason, so the rest of the cohort goes on and the worklist shows why. Statuses: ``ok``; ``warn`` (usable,
 with reasons a reviewer should know: blur, pen ink, little tissue); ``failed`` (unusable).
+
+Given the slide's stain from the sample sheet (``--stain``), QC also fails a slide that cannot be what its
+analysis needs: scanned coarser than the um/px the analysis reads (tiling.target_mpp for H&E, ihc.quantify_mpp
+for IHC; see :func:`pipeline.slide.resolution_problem`), or labelled HE while its colour says DAB
+immunohistochemistry (:func:`pipeline.stain.stain_check`; IHC slides are checked by ``quantify-ihc``).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import logging
 import numpy as np
 
 from pipeline import atomic
+from pipeline.config import HE_STAIN
 from pipeline.errors import SlideError
-from pipeline.slide import Slide, open_slide
+from pipeline.slide import Slide, open_slide, resolution_problem
+from pipeline.stain import stain_check
 from pipeline.tissue import optical_density, pen_ink_mask, tissue_mask
 
 log = logging.getLogger(__name__)
@@ -70,8 +77,25 @@ def qc_metrics(thumb: np.ndarray, mask: np.ndarray, thumb_mpp: float) -> dict:
     }
 
 
-def judge(metrics: dict, params: dict) -> tuple[str, list[str]]:
-    """QC status and reasons from metrics and the config's ``qc`` thresholds."""
+def needed_mpp(config: dict, stain: str | None) -> tuple[float, str]:
+    """(um/px, what needs it) for a slide of ``stain``: the finest scale its analysis reads tiles at."""
+    target = float(config["tiling"]["target_mpp"])
+    if stain is None or stain == HE_STAIN:
+        return target, "the tile classifier (tiling.target_mpp)"
+    quantify = float(config["ihc"]["quantify_mpp"])
+    if quantify <= target:
+        return quantify, "IHC quantification (ihc.quantify_mpp)"
+    return target, "the tile grid (tiling.target_mpp)"
+
+
+def he_stain_problem(check: dict) -> str | None:
+    """The one-line QC failure for an HE-labelled slide whose colour says immunohistochemistry, else None."""
+    return check["reason"] if check.get("probable_mislabel") else None
+
+
+def judge(metrics: dict, params: dict, refusals: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """QC status and reasons from metrics and the config's ``qc`` thresholds; ``refusals`` (wrong resolution
+    or stain) fail the slide too, after the metrics' own failures."""
     failed, warn = [], []
     if not metrics["is_brightfield"]:
         failed.append("dark background: not a brightfield slide (fluorescence or an all-black image?)")
@@ -82,13 +106,17 @@ def judge(metrics: dict, params: dict) -> tuple[str, list[str]]:
     blur = metrics.get("sharpness_median")
     if blur is not None and blur < params["blur_min"]:
         warn.append(f"blurred: sharpness {blur:.4f} < {params['blur_min']} (rescan if tiles look soft)")
+    failed += refusals
     if failed:
         return "failed", failed + warn
     return ("warn" if warn else "ok"), warn
 
 
-def qc_slide(slide: Slide, config: dict) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Run QC on an open slide: returns (qc record, thumbnail RGB, tissue mask)."""
+def qc_slide(slide: Slide, config: dict, stain: str | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Run QC on an open slide: returns (qc record, thumbnail RGB, tissue mask).
+
+    ``stain``: the sample sheet's stain (HE or a marker); None checks the resolution against the tiling only.
+    """
     params, tiling = config["qc"], config["tiling"]
     target_thumb_mpp = thumbnail_mpp(slide, params["thumb_max_px"], params["thumb_min_mpp"])
     thumb, thumb_mpp = slide.read_downsampled(target_thumb_mpp)
@@ -98,11 +126,15 @@ def qc_slide(slide: Slide, config: dict) -> tuple[dict, np.ndarray, np.ndarray]:
         min_object_um2=params["min_object_um2"], min_hole_um2=params["min_hole_um2"],
     )
     metrics = qc_metrics(thumb, mask, thumb_mpp)
-    values = sample_tile_sharpness(slide, mask, thumb_mpp, tiling["tile_px"], tiling["target_mpp"])
-    if values:
-        metrics["sharpness_median"] = round(float(np.median(values)), 6)
-        metrics["blurred_tile_fraction"] = round(float(np.mean(np.array(values) < params["blur_min"])), 4)
-    status, reasons = judge(metrics, params)
+    too_coarse = resolution_problem(slide.mpp, *needed_mpp(config, stain))
+    if not too_coarse:  # sharpness is measured on tiles at the model's scale, which a coarse slide lacks
+        values = sample_tile_sharpness(slide, mask, thumb_mpp, tiling["tile_px"], tiling["target_mpp"])
+        if values:
+            metrics["sharpness_median"] = round(float(np.median(values)), 6)
+            metrics["blurred_tile_fraction"] = round(float(np.mean(np.array(values) < params["blur_min"])), 4)
+    check = stain_check(thumb, HE_STAIN, **he_check_params(config)) if stain == HE_STAIN else None
+    refusals = tuple(r for r in (too_coarse, check and he_stain_problem(check)) if r)
+    status, reasons = judge(metrics, params, refusals)
     record = {
         "qc_version": QC_VERSION,
         "status": status,
@@ -110,13 +142,21 @@ def qc_slide(slide: Slide, config: dict) -> tuple[dict, np.ndarray, np.ndarray]:
         "metrics": metrics,
         "thumb_mpp": round(thumb_mpp, 6),
         "slide": slide.describe(),
+        "stain": stain,
+        "stain_check": check,
     }
     return record, thumb, mask
 
 
-def failed_record(reason: str) -> dict:
+def he_check_params(config: dict) -> dict:
+    """The stain check's HE thresholds from the config (``ihc.stain_check``, shared with the IHC-side check)."""
+    section = config["ihc"]["stain_check"]
+    return {"he_dab_max": float(section["he_dab_max"]), "he_eosin_min": float(section["he_eosin_min"])}
+
+
+def failed_record(reason: str, stain: str | None = None) -> dict:
     return {"qc_version": QC_VERSION, "status": "failed", "reasons": [reason], "metrics": {}, "slide": None,
-            "thumb_mpp": None}
+            "thumb_mpp": None, "stain": stain, "stain_check": None}
 
 
 def write_png(path, image: np.ndarray) -> None:
@@ -135,6 +175,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--slide", required=True, help="slide file")
     parser.add_argument("--slide-id", required=True, help="slide id (sample sheet)")
     parser.add_argument("--mpp", type=float, default=None, help="level-0 um/px override (sample sheet `mpp`)")
+    parser.add_argument("--stain", default=None,
+                        help="the sample sheet's stain (HE or a marker): checks the colour of HE slides and the "
+                             "resolution the stain's analysis needs (default: the tiling's only)")
     parser.add_argument("--config", default="configs/config.yaml", help="config file")
     parser.add_argument("--out", required=True, help="qc.json to write")
     parser.add_argument("--thumb", required=True, help="thumbnail PNG to write (tissue image only)")
@@ -149,10 +192,10 @@ def run(args) -> None:
     thumb = mask = None
     try:
         with open_slide(args.slide, mpp=args.mpp) as slide:
-            record, thumb, mask = qc_slide(slide, config)
+            record, thumb, mask = qc_slide(slide, config, args.stain)
     except SlideError as exc:
         log.error("%s", exc)
-        record = failed_record(redact(str(exc), args.slide))
+        record = failed_record(redact(str(exc), args.slide), args.stain)
     record["slide_id"] = args.slide_id
     if thumb is None:
         thumb = np.full((8, 8, 3), 255, np.uint8)

@@ -1,10 +1,11 @@
 """Cohort outputs for people: the review worklist (TSV), the HTML review page and the run metadata.
 
 * ``worklist.tsv`` -- one row per case, each followed by its slides, cases in review-priority order
-  (:func:`worklist_rows`): priority 1 (suspected metastatic carcinoma, conflicting evidence, melanocytic
-  pattern), 2 (refer), 3 (favours sarcoma), 4 (no tumour), as ranked by the case stage (``case.json``
-  ``priority``); within a rank the stronger evidence first. Under each case its failed slides come first, then
-  H&E, then IHC. Every row says why (call reason, or the one-line failure reason).
+  (:func:`worklist_rows`): priority 1 (a tumour call: favours metastatic carcinoma or favours sarcoma;
+  conflicting evidence; melanocytic pattern), 2 (refer), 3 (no tumour), as ranked by the case stage
+  (``case.json`` ``priority``, :data:`pipeline.case.CATEGORY_RANK`); within a rank the stronger evidence
+  first. Under each case its failed slides come first, then H&E, then IHC. Every row says why (call reason,
+  or the one-line failure reason).
 * ``report.html`` -- one self-contained page: a "decision support, not a diagnosis" notice at the top, the
   worklist, then one panel per case (H&E calls, IHC table, evidence, conflicts, what would help, heatmaps and
   top tiles). Pictures are embedded as data URIs (PNG, or JPEG for large contact sheets), styles inline; no
@@ -27,19 +28,13 @@ import sys
 from pathlib import Path
 
 from pipeline import DISCLAIMER, atomic
+from pipeline.case import CALL_RANK, CATEGORY_RANK, PRIORITY_LABELS
 
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 WORKLIST_COLUMNS = ("order", "level", "priority", "case_id", "slide_id", "stain", "call", "confidence", "status",
                     "reason", "details")
-PRIORITY_LABELS = {
-    1: "first: suspected metastatic carcinoma, conflicting evidence or melanocytic pattern",
-    2: "next: refer (insufficient or equivocal evidence)",
-    3: "then: favours sarcoma",
-    4: "last: no tumour",
-}
-CALL_RANK = {"favours metastatic carcinoma": 1, "refer": 2, "favours sarcoma": 3, "no tumour": 4}
 PICTURES = (("heatmap", "heatmap.png"), ("top_tiles", "top_tiles.png"), ("tissue", "tissue_overlay.png"))
 EMBED_PNG_MAX_BYTES = 400_000  # larger pictures are embedded as JPEG (quality JPEG_QUALITY) to keep the page light
 JPEG_QUALITY = 85
@@ -67,9 +62,10 @@ def slide_call_text(s: dict) -> tuple[str, float | None, str]:
 
 
 def case_rank(case: dict) -> tuple[int, float]:
-    """(priority rank, sort key) of a case.json; derived from the call when the case stage left none."""
+    """(priority rank, sort key) of a case.json: the rank of its category under today's rule (so a case.json
+    written by an older version sorts right too), else the rank it states, else the rank of its call."""
     p = case.get("priority") or {}
-    rank = int(p.get("rank") or CALL_RANK.get(case.get("call"), 2))
+    rank = CATEGORY_RANK.get(case.get("category")) or int(p.get("rank") or CALL_RANK.get(case.get("call"), 2))
     return rank, float(p.get("sort_key", rank))
 
 
@@ -138,7 +134,7 @@ def worklist_tsv(rows: list[dict]) -> str:
 # ---- HTML -----------------------------------------------------------------------------------------------
 CSS = """
 :root { --ink:#1b1b1b; --muted:#555; --line:#c9c9c9; --bg:#fff; --band:#f3f3f3; --p1:#a4161a; --p2:#9a5b00;
-        --p3:#1d4e89; --p4:#2f6b2f; --warn:#fff4d6; --fail:#fde2e1; }
+        --p3:#2f6b2f; --warn:#fff4d6; --fail:#fde2e1; }
 * { box-sizing: border-box; }
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: var(--ink);
        background: var(--bg); margin: 0; }
@@ -157,7 +153,6 @@ tr.slide td:first-child { padding-left: 22px; }
 tr.st-failed td { background: var(--fail); } tr.st-warn td { background: var(--warn); }
 .prio { display:inline-block; min-width: 1.8em; text-align:center; color:#fff; border-radius: 3px; padding: 0 4px; }
 .prio-1 { background: var(--p1); } .prio-2 { background: var(--p2); } .prio-3 { background: var(--p3); }
-.prio-4 { background: var(--p4); }
 section.case { border: 1px solid var(--line); padding: 4px 16px 12px; margin: 20px 0; break-inside: avoid-page; }
 .slide { border-top: 1px solid var(--line); margin-top: 12px; padding-top: 4px; }
 figure { margin: 8px 0; } figcaption { color: var(--muted); font-size: 13px; }
@@ -354,6 +349,7 @@ def render_html(rows: list[dict], cases: dict[str, dict], summaries: list[dict],
     n_failed = sum(s["status"] == "failed" for s in summaries)
     csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
     sections = "".join(_case_section(c, cases.get(c), by_case.get(c, []), pictures) for c in order)
+    priority_legend = "; ".join(f"{rank} = {label}" for rank, label in sorted(PRIORITY_LABELS.items()))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -372,8 +368,7 @@ def render_html(rows: list[dict], cases: dict[str, dict], summaries: list[dict],
 {esc(DISCLAIMER)} Automated calls are triage aids computed from the images alone; they say "refer" rather than
 guess, and every call below shows the evidence behind it.</div>
 <p>{len(order)} cases, {len(summaries)} slides{f", <strong>{n_failed} failed</strong> (listed with reasons)"
-                                                if n_failed else ""}. Priority: 1 = {esc(PRIORITY_LABELS[1])};
-2 = {esc(PRIORITY_LABELS[2])}; 3 = {esc(PRIORITY_LABELS[3])}; 4 = {esc(PRIORITY_LABELS[4])}.</p>
+                                                if n_failed else ""}. Priority: {esc(priority_legend)}.</p>
 </header>
 <main>
 <h2>Worklist</h2>

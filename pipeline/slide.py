@@ -36,6 +36,11 @@ MAX_THUMBNAIL_SOURCE_PX = 400_000_000
 MAX_REGION_PX = 64_000_000
 # Level chosen for a target MPP may be finer than the target by any amount, coarser by at most this much.
 LEVEL_MPP_TOLERANCE = 0.01
+# A slide may be coarser than the um/px an analysis needs by at most this fraction; it is then resized by at
+# most 10 %, about the spread of pixel sizes between scanners sold as the same magnification. A coarser slide
+# is refused (:func:`resolution_problem`): enlarging it invents no detail, and its tiles would be labelled
+# with a resolution they do not have.
+MPP_COARSER_TOLERANCE = 0.10
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 # Slide properties safe to copy into outputs. Everything else (scan dates, file names, user names,
@@ -54,6 +59,27 @@ def safe_properties(properties: dict[str, str]) -> dict[str, str]:
     """Keep only allowlisted, non-identifying slide properties."""
     pattern = re.compile("|".join(f"(?:{p})" for p in SAFE_PROPERTY_PATTERNS))
     return {k: str(v) for k, v in sorted(properties.items()) if pattern.fullmatch(k)}
+
+
+def resolution_problem(slide_mpp_um: float, needed_mpp_um: float, purpose: str,
+                       tolerance: float = MPP_COARSER_TOLERANCE) -> str | None:
+    """Why a slide scanned at ``slide_mpp_um`` cannot serve ``purpose`` at ``needed_mpp_um``, or None.
+
+    Refused when coarser than needed by more than ``tolerance`` (a fraction); finer is always fine (it is
+    downsampled). One line, naming the fix.
+    """
+    if slide_mpp_um <= needed_mpp_um * (1.0 + tolerance):
+        return None
+    return (f"scanned at {slide_mpp_um:g} um/px, coarser than the {needed_mpp_um:g} um/px {purpose} needs "
+            f"(tolerance {tolerance:.0%}); slides are never enlarged: rescan at a higher magnification, or "
+            "correct the sample sheet's `mpp` if the slide's metadata is wrong")
+
+
+def check_resolution(slide: Slide, needed_mpp_um: float, purpose: str) -> None:
+    """Raise a :class:`SlideError` naming the file when :func:`resolution_problem` refuses the slide."""
+    problem = resolution_problem(slide.mpp, needed_mpp_um, purpose)
+    if problem:
+        raise SlideError(f"{slide.path}: {problem}")
 
 
 def check_mpp(mpp: float, path: str | os.PathLike, source: str) -> float:
@@ -117,10 +143,15 @@ class Slide(abc.ABC):
         return self._read_level(level, int(location[0] // ds), int(location[1] // ds), width, height)
 
     def tile_geometry(self, tile_px: int, target_mpp: float) -> tuple[int, int, float]:
-        """For tiles of ``tile_px`` at ``target_mpp``: (level, region_px at that level, effective um/px)."""
+        """For tiles of ``tile_px`` at ``target_mpp``: (level, region_px at that level, effective um/px).
+
+        The effective um/px is the resolution the tile really has: the pixel pitch of the resized tile, or the
+        level's own um/px when that is coarser (a slide read within :data:`MPP_COARSER_TOLERANCE`; enlarging
+        adds pixels, not detail).
+        """
         level = self.best_level_for_mpp(target_mpp)
         region_px = max(1, round(tile_px * target_mpp / self.level_mpp(level)))
-        return level, region_px, self.level_mpp(level) * region_px / tile_px
+        return level, region_px, max(self.level_mpp(level) * region_px / tile_px, self.level_mpp(level))
 
     def read_tile(self, x0: int, y0: int, tile_px: int, target_mpp: float) -> np.ndarray:
         """A ``tile_px`` square tile at ``target_mpp`` whose top-left is (x0, y0) in level-0 pixels."""
@@ -217,7 +248,8 @@ class OpenSlideSlide(Slide):
         self.level_dimensions = tuple(tuple(d) for d in osr.level_dimensions)
         power = self.properties.get("openslide.objective-power")
         self.objective_power = float(power) if power else None
-        self.mpp, self.mpp_source = _resolve_mpp(path, _openslide_mpp(self.properties), mpp_override)
+        mpp_slide, why_missing = _openslide_mpp(self.properties)
+        self.mpp, self.mpp_source = _resolve_mpp(path, mpp_slide, mpp_override, why_missing)
         self._lock = threading.Lock()
 
     def _read_level(self, level, x, y, width, height):
@@ -235,14 +267,21 @@ class OpenSlideSlide(Slide):
         self._osr.close()
 
 
-def _openslide_mpp(properties: dict[str, str]) -> float | None:
+def _openslide_mpp(properties: dict[str, str]) -> tuple[float | None, str]:
+    """(level-0 um/px, or None and why) from OpenSlide's properties.
+
+    OpenSlide derives a generic TIFF's MPP from its resolution tags, inch units included; a resolution in
+    dots per inch is refused here as in :func:`resolution_tag_mpp`.
+    """
     try:
         mx, my = float(properties["openslide.mpp-x"]), float(properties["openslide.mpp-y"])
     except (KeyError, ValueError):
-        return None
+        return None, ""
+    if properties.get("openslide.vendor") == "generic-tiff" and properties.get("tiff.ResolutionUnit") == "inch":
+        return None, dpi_reason(25400.0 / mx)
     if my and abs(mx - my) / max(mx, my) > 0.02:
-        return None  # non-square pixels: let the caller refuse rather than guess
-    return mx
+        return None, f"non-square pixels ({mx:g} x {my:g} um)"  # let the caller refuse rather than guess
+    return mx, ""
 
 
 class TiffSlide(Slide):
@@ -259,7 +298,8 @@ class TiffSlide(Slide):
     _CACHE_SEGMENTS = 256  # decoded segments kept (256 px JPEG tiles: 48 MiB), > two rows of a 100k slide
 
     def __init__(self, path: Path, tif, levels, mpp_slide: float | None, mpp_override: float | None,
-                 vendor: str, properties: dict[str, str], objective_power: float | None = None):
+                 vendor: str, properties: dict[str, str], objective_power: float | None = None,
+                 mpp_missing_why: str = ""):
         self.path = path
         self._tif = tif
         self._pages = levels
@@ -267,7 +307,7 @@ class TiffSlide(Slide):
         self.vendor = vendor
         self.properties = properties
         self.objective_power = objective_power
-        self.mpp, self.mpp_source = _resolve_mpp(path, mpp_slide, mpp_override)
+        self.mpp, self.mpp_source = _resolve_mpp(path, mpp_slide, mpp_override, mpp_missing_why)
         # The lock guards _cache (contents and LRU order) and _pins, nothing else.
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
@@ -452,37 +492,89 @@ def _tile_batch(n: int, tile_px: int, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _resolve_mpp(path: Path, mpp_slide: float | None, mpp_override: float | None) -> tuple[float, str]:
+def _resolve_mpp(path: Path, mpp_slide: float | None, mpp_override: float | None,
+                 why_missing: str = "") -> tuple[float, str]:
     if mpp_override is not None:
         return check_mpp(mpp_override, path, "the `mpp` override"), "override"
     if mpp_slide is None:
+        detail = f" ({why_missing})" if why_missing else ""
         raise SlideError(
-            f"{path}: the slide has no MPP (microns per pixel) in its metadata; set the sample sheet's "
+            f"{path}: the slide has no MPP (microns per pixel) in its metadata{detail}; set the sample sheet's "
             "`mpp` column (or --mpp) to the scan's um/px for level 0 — it is never guessed"
         )
     return check_mpp(mpp_slide, path, "the slide metadata"), "slide"
 
 
-def _tiff_mpp(tif) -> float | None:
-    """MPP from OME PhysicalSizeX, an Aperio description or the TIFF resolution tags."""
+# Largest relative difference between a pixel's width and height still taken as square.
+SQUARE_PIXEL_TOLERANCE = 0.02
+# OME-XML length units (UnitsLength) in micrometres; PhysicalSize without a unit is in um (the OME default).
+OME_UNIT_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
+TIFF_UNIT_INCH, TIFF_UNIT_CENTIMETER = 2, 3
+
+
+def dpi_reason(dpi: float) -> str:
+    return (f"its only resolution is {dpi:g} dots per inch ({25400.0 / dpi:g} um/px if that were the scan's "
+            "pixel size), a print setting that image editors write, not a measured pixel size")
+
+
+def _square(x_um: float, y_um: float) -> bool:
+    return abs(x_um - y_um) <= SQUARE_PIXEL_TOLERANCE * max(x_um, y_um)
+
+
+def ome_mpp(ome_xml: str) -> tuple[float | None, str]:
+    """(level-0 um/px, or None and why) from the first OME ``Pixels`` element's PhysicalSizeX/Y and units."""
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", ome_xml)
+    attrs = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0))) if pixels else {}
+    sizes = []
+    for axis in "XY":
+        if f"PhysicalSize{axis}" not in attrs:
+            return None, f"OME PhysicalSize{axis} is missing"
+        unit = attrs.get(f"PhysicalSize{axis}Unit", "µm")
+        if unit not in OME_UNIT_UM:
+            return None, f"OME PhysicalSize{axis}Unit {unit!r} is not a length unit"
+        try:
+            sizes.append(float(attrs[f"PhysicalSize{axis}"]) * OME_UNIT_UM[unit])
+        except ValueError:
+            return None, f"OME PhysicalSize{axis} {attrs[f'PhysicalSize{axis}']!r} is not a number"
+    if not _square(*sizes):
+        return None, f"OME pixels are not square ({sizes[0]:g} x {sizes[1]:g} um)"
+    return sizes[0], ""
+
+
+def resolution_tag_mpp(x_resolution: tuple[int, int], y_resolution: tuple[int, int] | None,
+                       unit: int) -> tuple[float | None, str]:
+    """(level-0 um/px, or None and why) from TIFF XResolution/YResolution (pixels per unit, as fractions).
+
+    Only centimetres are a physical pixel size; inches (DPI) are refused, see :func:`dpi_reason`.
+    """
+    num, den = x_resolution
+    if not (num and den and num / den > 1.0):
+        return None, ""
+    if unit == TIFF_UNIT_INCH:
+        return None, dpi_reason(num / den)
+    if unit != TIFF_UNIT_CENTIMETER:
+        return None, ""
+    x_um = 1e4 * den / num
+    if y_resolution and y_resolution[0] and y_resolution[1]:
+        y_um = 1e4 * y_resolution[1] / y_resolution[0]
+        if not _square(x_um, y_um):
+            return None, f"non-square pixels ({x_um:g} x {y_um:g} um)"
+    return x_um, ""
+
+
+def _tiff_mpp(tif) -> tuple[float | None, str]:
+    """(level-0 um/px, or None and why) from OME physical sizes, an Aperio description or the resolution tags."""
     if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        if m:
-            factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit.group(1) if unit else "µm", 1.0)
-            return float(m.group(1)) * factor
+        return ome_mpp(tif.ome_metadata)
     page = tif.pages[0]
     m = re.search(r"\|MPP = ([0-9.]+)", page.description or "")
     if m:
-        return float(m.group(1))
+        return float(m.group(1)), ""
     tags = page.tags
     if "XResolution" in tags and "ResolutionUnit" in tags:
-        num, den = tags["XResolution"].value
-        unit = int(tags["ResolutionUnit"].value)
-        per_um = {2: 25400.0, 3: 10000.0}.get(unit)  # inch / centimetre in micrometres
-        if per_um and num and den and num / den > 1.0:
-            return per_um * den / num
-    return None
+        y = tags["YResolution"].value if "YResolution" in tags else None
+        return resolution_tag_mpp(tags["XResolution"].value, y, int(tags["ResolutionUnit"].value))
+    return None, ""
 
 
 def _check_brightfield(path: Path, page) -> None:
@@ -620,7 +712,8 @@ def _tiff_slide(p: Path, tif, mpp_override: float | None, vendor: str) -> TiffSl
     levels = [getattr(page, "keyframe", page) for page in levels]
     _check_brightfield(p, levels[0])
     props = {"openslide.vendor": vendor}
-    return TiffSlide(p, tif, levels, _tiff_mpp(tif), mpp_override, vendor, props)
+    mpp_slide, why_missing = _tiff_mpp(tif)
+    return TiffSlide(p, tif, levels, mpp_slide, mpp_override, vendor, props, mpp_missing_why=why_missing)
 
 
 _FAST_COMPRESSIONS = {"JPEG", "NONE", "LZW", "ADOBE_DEFLATE", "DEFLATE", "WEBP"}

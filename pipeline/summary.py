@@ -185,7 +185,7 @@ def build_summary(*, slide_id: str, case_id: str, stain: str, qc: dict, grid_met
         "slide_call": slide_call,
         "top_tiles": top_tiles,
         "ihc": ihc if kind == "IHC" else None,
-        "stain_check": (ihc or {}).get("stain_check") if kind == "IHC" else None,
+        "stain_check": (ihc or {}).get("stain_check") if kind == "IHC" else qc.get("stain_check"),
         "provenance": provenance,
         "disclaimer": DISCLAIMER,
     }

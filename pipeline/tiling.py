@@ -94,7 +94,14 @@ def read_tile_grid(path) -> TileGrid:
 
 
 def grid_for_slide(slide, mask: np.ndarray, mask_mpp: float, tiling: dict, slide_id: str) -> TileGrid:
-    """Lay the grid over an open slide; metadata records scale, level and the reader's effective um/px."""
+    """Lay the grid over an open slide; metadata records scale, level and the reader's effective um/px.
+
+    Raises :class:`SlideError` when the slide is coarser than ``target_mpp`` (beyond
+    :data:`pipeline.slide.MPP_COARSER_TOLERANCE`): its tiles would be enlarged.
+    """
+    from pipeline.slide import check_resolution
+
+    check_resolution(slide, tiling["target_mpp"], "the tiles (tiling.target_mpp)")
     level, region_px, effective_mpp = slide.tile_geometry(tiling["tile_px"], tiling["target_mpp"])
     width, height = slide.dimensions
     x, y, frac = tile_grid(mask, mask_mpp, slide.mpp, width, height, tiling["target_mpp"], tiling["tile_px"],

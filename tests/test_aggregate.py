@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.aggregate import CALLS, DEFAULT_PARAMS, call_slide
+from pipeline.aggregate import CALLS, DEFAULT_PARAMS, NO_TUMOUR_HELP, call_slide
 
 TILE_MM2 = 0.224 * 0.224  # a 224 px tile at 1 um/px
 
@@ -102,6 +102,33 @@ def test_low_confidence_refers():
     assert r["call"] in {"refer", "carcinoma"}
     r = call(tiles(n_carcinoma=40, n_normal=60), min_confidence=0.99)
     assert r["call"] == "refer" and "low confidence" in r["reason"]
+
+
+def test_unsure_no_tumour_refers_and_says_what_would_help():
+    probs = tiles(n_normal=100, p=0.55)  # no tile reaches the tumour threshold, but P(non-tumour) is only 0.55
+    assert call(probs)["call"] == "no_tumour"
+    r = call(probs, min_confidence=0.6)
+    assert r["call"] == "refer" and r["leading_call"] == "no_tumour" and "low confidence" in r["reason"]
+    assert r["would_help"] == [NO_TUMOUR_HELP] and r["reason"].endswith(NO_TUMOUR_HELP)
+    assert "IHC (pan-keratin, desmin)" in NO_TUMOUR_HELP
+
+
+@pytest.mark.parametrize("n_ood,expected", [(0, "no_tumour"), (2, "no_tumour"), (3, "refer"), (10, "refer")])
+def test_no_tumour_tolerates_at_most_two_percent_unfamiliar_tiles(n_ood, expected):
+    ood = np.r_[np.full(n_ood, 2.0), np.full(100 - n_ood, 0.5)]  # OOD score > 1: unlike the training data
+    r = call(tiles(n_normal=100), ood)
+    assert DEFAULT_PARAMS["no_tumour_ood_max_fraction"] == 0.02
+    assert r["call"] == expected, r["reason"]
+    if expected == "refer":
+        assert "unlike the training data" in r["reason"] and "cannot rule tumour out" in r["reason"]
+        assert r["would_help"] == [NO_TUMOUR_HELP] and r["leading_call"] == "no_tumour"
+    else:
+        assert r["would_help"] == []
+
+
+def test_unfamiliar_tiles_outside_the_tumour_keep_a_tumour_call():
+    ood = np.r_[np.full(40, 0.5), np.full(10, 2.0), np.full(50, 0.5)]  # 10 % of tiles, none of them tumour
+    assert call(tiles(n_carcinoma=40, n_normal=60), ood)["call"] == "carcinoma"
 
 
 @pytest.mark.parametrize("seed", range(20))

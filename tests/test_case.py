@@ -74,7 +74,7 @@ def test_leiomyosarcoma_pattern(kb):
                                     ihc("CK_AE1AE3", "negative")])
     assert out["call"] == SARCOMA and out["category"] == "sarcoma"
     assert out["lineage_scores"]["pan_keratin"] == "negative"
-    assert out["priority"]["rank"] == 3 and out["suggested_primary"] is None
+    assert out["priority"]["rank"] == 1 and out["suggested_primary"] is None  # a tumour call: seen first
 
 
 def test_keratin_positive_with_he_sarcoma_is_a_conflict(kb):
@@ -137,7 +137,15 @@ def test_no_ihc_says_what_would_help(kb):
 
 def test_no_tumour(kb):
     out = case(kb, [he("no_tumour", 0.95, burden=0.0)], [])
-    assert out["call"] == NO_TUMOUR and out["priority"]["rank"] == 4 and out["would_help"] == []
+    assert out["call"] == NO_TUMOUR and out["priority"]["rank"] == 3 and out["would_help"] == []
+
+
+def test_unsure_no_tumour_on_he_is_refer_with_what_would_help(kb):
+    out = case(kb, [he("no_tumour", 0.4, burden=0.0)], [])  # below he_min_confidence (0.5)
+    assert out["call"] == REFER and out["he"]["state"] == "uncertain" and out["priority"]["rank"] == 2
+    assert any(h.startswith("CK_AE1AE3, desmin:") for h in out["would_help"])
+    out = case(kb, [he("no_tumour", 0.4, burden=0.0)], [], he_min_confidence=0.3)
+    assert out["call"] == NO_TUMOUR
 
 
 def test_failed_and_mislabelled_slides_are_listed_not_used(kb):
@@ -171,7 +179,9 @@ def test_priority_orders_the_worklist(kb):
         "none": case(kb, [he("no_tumour", burden=0.0)], []),
     }
     order = sorted(calls, key=lambda k: calls[k]["priority"]["sort_key"])
-    assert set(order[:2]) == {"carcinoma", "conflict"} and order[2:] == ["refer", "sarcoma", "none"]
+    # every tumour call and every conflict before refer, refer before no tumour
+    assert set(order[:3]) == {"carcinoma", "conflict", "sarcoma"} and order[3:] == ["refer", "none"]
+    assert [calls[k]["priority"]["rank"] for k in order] == [1, 1, 1, 2, 3]
 
 
 def test_inputs_from_summaries_and_cli(tmp_path, kb):

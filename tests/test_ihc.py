@@ -305,11 +305,49 @@ def test_cli_failed_qc_and_mislabel(tmp_path, nuclear_slide):
     assert any("mislabel" in w for w in record["warnings"])
 
 
+def test_cli_refuses_a_slide_coarser_than_quantification(tmp_path):
+    tile, _, _ = nuclei_tile(n_side=4, positive_every=2, mpp=1.0)
+    coarse = write_pyramid_tiff(tmp_path / "coarse.tif", np.tile(tile, (6, 6, 1))[:672, :672], mpp=1.0, levels=1,
+                                compression="zlib")
+    tiles, qc = _grid_files(tmp_path, coarse, "c1")
+    out, out_tiles = tmp_path / "ihc.json", tmp_path / "ihc.parquet"
+    proc = _run_cli("--slide", coarse, "--marker", "ER", "--tiles", tiles, "--qc", qc, "--out", out,
+                    "--out-tiles", out_tiles)
+    assert proc.returncode == 0, proc.stderr  # one bad slide is a failed record, not a crashed cohort
+    record = json.loads(out.read_text())
+    assert record["status"] == "failed" and record["result"]["call"] == "not_evaluable"
+    assert "scanned at 1 um/px, coarser than the 0.5 um/px IHC quantification" in record["reason"]
+
+
+def test_cli_records_the_um_per_px_actually_read(tmp_path, nuclear_slide):
+    tiles, qc = _grid_files(tmp_path, nuclear_slide, "er3")
+    out = tmp_path / "ihc.json"
+    assert _run_cli("--slide", nuclear_slide, "--marker", "ER", "--tiles", tiles, "--qc", qc, "--out", out,
+                    "--out-tiles", tmp_path / "ihc.parquet").returncode == 0
+    assert json.loads(out.read_text())["effective_mpp"] == pytest.approx(0.5)
+
+
+def test_image_needs_its_mpp_and_is_never_enlarged(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "ki67.png"
+    Image.fromarray(nuclei_tile(n_side=4, positive_every=2)[0]).save(image)
+    proc = _run_cli("--image", image, "--contact-sheet", tmp_path / "sheet.png")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "ki67.png: --image needs --mpp" in proc.stderr and not (tmp_path / "sheet.png").exists()
+    proc = _run_cli("--image", image, "--mpp", "1.0", "--contact-sheet", tmp_path / "sheet.png")
+    assert proc.returncode == 2 and "coarser than the 0.5 um/px" in proc.stderr
+    proc = _run_cli("--image", image, "--mpp", "0.5", "--contact-sheet", tmp_path / "sheet.png")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "sheet.png").is_file()
+
+
 def test_contact_sheet_command(tmp_path, shared_data):
     from PIL import Image
 
     out = tmp_path / "sheet.png"
-    proc = _run_cli("--image", shared_data / "images" / "ihc.png", "--marker", "CK_AE1AE3", "--contact-sheet", out)
+    proc = _run_cli("--image", shared_data / "images" / "ihc.png", "--mpp", "0.5", "--marker", "CK_AE1AE3",
+                    "--contact-sheet", out)
     assert proc.returncode == 0, proc.stderr
     sheet = Image.open(out)
     assert sheet.width > 5 * 500 and sheet.height > 500

@@ -44,15 +44,27 @@ def _case(case_id, call, rank, sort_key=None):
 
 
 # ---- worklist ordering ----------------------------------------------------------------------------------
-def test_worklist_puts_carcinoma_and_conflicts_first_then_refer_then_the_rest():
-    cases = {"NOT": _case("NOT", "no tumour", 4), "SAR": _case("SAR", "favours sarcoma", 3),
+def test_worklist_puts_tumour_calls_and_conflicts_first_then_refer_then_no_tumour():
+    cases = {"NOT": _case("NOT", "no tumour", 3), "SAR": _case("SAR", "favours sarcoma", 1, 1.4),
              "REF": _case("REF", "refer", 2), "MET": _case("MET", "favours metastatic carcinoma", 1, 1.6),
              "CON": _case("CON", "refer", 1, 1.2)}
     summaries = [_summary(c, f"{c}_HE") for c in cases]
     rows = worklist_rows(cases, summaries)
-    assert [r["case_id"] for r in rows if r["level"] == "case"] == ["CON", "MET", "REF", "SAR", "NOT"]
+    assert [r["case_id"] for r in rows if r["level"] == "case"] == ["CON", "SAR", "MET", "REF", "NOT"]
     assert [r["order"] for r in rows] == list(range(1, len(rows) + 1))
     assert len(rows) == 2 * len(cases)
+
+
+def test_sarcoma_ranks_before_refer_from_the_call_or_category_alone():
+    bare = {c: {"case_id": c, "call": call, "reason": "r"} for c, call in
+            (("NOT", "no tumour"), ("REF", "refer"), ("SAR", "favours sarcoma"))}
+    rows = worklist_rows(bare, [_summary(c, f"{c}_HE") for c in bare])
+    assert [(r["case_id"], r["priority"]) for r in rows if r["level"] == "case"] == [("SAR", 1), ("REF", 2),
+                                                                                    ("NOT", 3)]
+    # a case.json from an older version (sarcoma ranked 3) sorts by today's rule for its category
+    stale = {"SAR": {**_case("SAR", "favours sarcoma", 3), "category": "sarcoma"}, "REF": _case("REF", "refer", 2)}
+    rows = worklist_rows(stale, [_summary(c, f"{c}_HE") for c in stale])
+    assert [r["case_id"] for r in rows if r["level"] == "case"] == ["SAR", "REF"]
 
 
 def test_each_case_is_followed_by_its_slides_failed_first():

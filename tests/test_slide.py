@@ -7,7 +7,14 @@ import pytest
 
 from conftest import blob_image, write_pyramid_tiff
 from pipeline.errors import SlideError
-from pipeline.slide import open_slide, safe_properties
+from pipeline.slide import (
+    MPP_COARSER_TOLERANCE,
+    check_resolution,
+    ome_mpp,
+    open_slide,
+    resolution_problem,
+    safe_properties,
+)
 
 
 def test_generic_tiff_mpp_and_levels(small_slide):
@@ -92,6 +99,84 @@ def test_safe_properties_drop_identifying_keys():
              "openslide.level[0].width": "100", "openslide.comment": "Filename = x"}
     assert safe_properties(props) == {"openslide.level[0].width": "100", "openslide.mpp-x": "0.5",
                                       "openslide.vendor": "aperio"}
+
+
+# ---- resolution honesty: never enlarged, never a print DPI ------------------------------------------------
+@pytest.mark.parametrize("slide_mpp,refused", [(0.25, False), (1.0, False), (1.1, False), (1.12, True), (2.0, True)])
+def test_slides_coarser_than_asked_beyond_the_tolerance_are_refused(slide_mpp, refused):
+    assert MPP_COARSER_TOLERANCE == 0.10
+    problem = resolution_problem(slide_mpp, 1.0, "the tile classifier")
+    assert (problem is not None) == refused
+    if refused:
+        assert problem.startswith(f"scanned at {slide_mpp:g} um/px, coarser than the 1 um/px the tile classifier")
+        assert "never enlarged" in problem and "\n" not in problem
+
+
+def test_coarse_slide_error_names_the_file(tmp_path):
+    path = write_pyramid_tiff(tmp_path / "coarse.tif", blob_image(512, 512), mpp=2.0, levels=1)
+    with open_slide(path) as s, pytest.raises(SlideError, match=r"coarse\.tif: scanned at 2 um/px"):
+        check_resolution(s, 1.0, "the tile classifier")
+
+
+def test_effective_mpp_is_the_resolution_actually_read(tmp_path, small_svs):
+    path = write_pyramid_tiff(tmp_path / "s105.tif", blob_image(512, 512), mpp=1.05, levels=1)
+    with open_slide(path) as s:  # within the tolerance: read, but its tiles hold 1.05 um/px of detail, not 1.0
+        assert s.tile_geometry(224, 1.0) == (0, 213, pytest.approx(1.05))
+    with open_slide(small_svs) as s:  # finer slides are downsampled to the asked scale
+        assert s.tile_geometry(224, 1.0) == (0, 448, pytest.approx(1.0))
+
+
+def _resolution_tiff(path, unit: str, per_unit: float, tiled: bool):
+    import tifffile
+
+    kwargs = {"tile": (256, 256), "compression": "jpeg"} if tiled else {}  # tiled: OpenSlide's generic-tiff path
+    tifffile.imwrite(path, blob_image(512, 512), photometric="rgb", resolution=(per_unit, per_unit),
+                     resolutionunit=unit, metadata=None, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("dpi", [600, 50800])  # a print setting (42 um/px) and a plausible-looking 0.5 um/px
+def test_tiff_with_only_dpi_needs_the_sheet_mpp(tmp_path, tiled, dpi):
+    path = _resolution_tiff(tmp_path / "dpi.tif", "INCH", dpi, tiled)
+    with pytest.raises(SlideError, match="dots per inch") as info:
+        open_slide(path)
+    message = str(info.value)
+    assert "dpi.tif" in message and "`mpp` column" in message and "\n" not in message
+    with open_slide(path, mpp=0.5) as s:
+        assert s.mpp == 0.5 and s.mpp_source == "override"
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_tiff_resolution_in_centimetres_is_a_pixel_size(tmp_path, tiled):
+    with open_slide(_resolution_tiff(tmp_path / "cm.tif", "CENTIMETER", 20000, tiled)) as s:
+        assert s.mpp == pytest.approx(0.5) and s.mpp_source == "slide"
+
+
+@pytest.mark.parametrize("attrs,expected", [
+    ('PhysicalSizeX="0.25" PhysicalSizeY="0.25"', 0.25),  # no unit: micrometres, the OME default
+    ('PhysicalSizeX="250" PhysicalSizeXUnit="nm" PhysicalSizeY="0.00025" PhysicalSizeYUnit="mm"', 0.25),
+    ('PhysicalSizeX="0.25" PhysicalSizeXUnit="pixel" PhysicalSizeY="0.25"', "not a length unit"),
+    ('PhysicalSizeX="0.25" PhysicalSizeY="0.5"', "not square"),
+    ('PhysicalSizeX="0.25"', "PhysicalSizeY is missing"),
+    ('PhysicalSizeX="abc" PhysicalSizeY="0.25"', "not a number"),
+])
+def test_ome_physical_sizes_are_checked_for_unit_and_squareness(attrs, expected):
+    mpp, why = ome_mpp(f'<OME><Image ID="Image:0"><Pixels ID="Pixels:0" SizeX="8" SizeY="8" {attrs}/></Image></OME>')
+    if isinstance(expected, float):
+        assert mpp == pytest.approx(expected) and why == ""
+    else:
+        assert mpp is None and expected in why
+
+
+def test_ome_tiff_with_a_bad_unit_needs_the_sheet_mpp(tmp_path):
+    import tifffile
+
+    path = tmp_path / "bad.ome.tif"
+    tifffile.imwrite(path, blob_image(256, 256), photometric="rgb", ome=True,
+                     metadata={"PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "pixel", "PhysicalSizeY": 0.5})
+    with pytest.raises(SlideError, match="not a length unit.*`mpp` column"):
+        open_slide(path)
 
 
 # ---- real files (../shared/data) --------------------------------------------------------------------

@@ -47,6 +47,22 @@ def _tile_slide(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+def test_tile_slide_refuses_a_slide_coarser_than_the_tiles(tmp_path):
+    from conftest import blob_image, write_pyramid_tiff
+    from pipeline.errors import SlideError
+    from pipeline.slide import open_slide
+    from pipeline.tiling import grid_for_slide
+
+    slide = write_pyramid_tiff(tmp_path / "coarse.svs", blob_image(1024, 768), mpp=2.0, levels=1, aperio=True)
+    proc = _tile_slide("--slide", slide, "--out", tmp_path / "t.parquet")  # 112 px would be enlarged to 224
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "coarse.svs: QC failed: scanned at 2 um/px, coarser than the 1 um/px" in proc.stderr
+    assert not (tmp_path / "t.parquet").exists()
+    tiling = {"target_mpp": 1.0, "tile_px": 224, "min_tissue_fraction": 0.5}
+    with open_slide(slide) as s, pytest.raises(SlideError, match="the tiles \\(tiling.target_mpp\\)"):
+        grid_for_slide(s, np.ones((96, 128), bool), 16.0, tiling, "coarse")
+
+
 def test_tile_slide_on_generated_slide(small_svs, tmp_path):
     out = tmp_path / "tiles.parquet"
     proc = _tile_slide("--slide", small_svs, "--out", out)

@@ -54,9 +54,9 @@ def test_case_calls_match_the_truth(cohort_run, case):
     assert "not a diagnosis" in got["disclaimer"]
 
 
-def test_worklist_puts_carcinoma_cases_first(cohort_run):
+def test_worklist_puts_tumour_cases_first(cohort_run):
     with open(cohort_run / "results" / "worklist.tsv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh, delimiter="\t") if r["level"] == "case"]
     order = [r["case_id"] for r in rows]
-    assert set(order[:2]) == {"A", "B"}, order  # suspected metastatic carcinoma: seen first
-    assert order.index("C") < order.index("D"), order  # sarcoma before no tumour
+    assert set(order[:3]) == {"A", "B", "C"}, order  # carcinoma and sarcoma calls: seen first
+    assert order[-1] == "D" and [r["priority"] for r in rows] == ["1", "1", "1", "3"], order  # no tumour last

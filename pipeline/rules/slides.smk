@@ -12,6 +12,7 @@ rule qc_slide:
     params:
         pipeline=PIPELINE,
         mpp=mpp_arg,
+        stain=lambda wildcards: SAMPLES[wildcards.slide]["stain"],
     log:
         "logs/qc_slide/{slide}.log",
     benchmark:
@@ -26,8 +27,8 @@ rule qc_slide:
         runtime=10,
     shell:
         "{params.pipeline} qc-slide --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp}"
-        " --config {input.config:q} --out {output.qc:q} --thumb {output.thumb:q} --mask {output.mask:q}"
-        " 2> {log:q}"
+        " --stain {params.stain:q} --config {input.config:q} --out {output.qc:q} --thumb {output.thumb:q}"
+        " --mask {output.mask:q} 2> {log:q}"
 
 
 rule tile_slide:
