@@ -340,7 +340,10 @@ def stage_commands(slide: Path, out: Path, config: Path, model_dir: Path, thread
                             "--out", str(out / "tiles.parquet")],
         "score-tiles": py + ["score-tiles", "--slide", str(slide), "--tiles", str(out / "tiles.parquet"),
                              "--model", str(model_dir), "--out", str(out / "scores.parquet"),
-                             "--threads", str(threads), "--batch-size", str(batch_size), "--device", "auto"],
+                             "--threads", str(threads), "--batch-size", str(batch_size), "--device", "auto",
+                             # speed only: the untrained stand-in has no OOD statistics; a model with them
+                             # is scored exactly as the workflow scores it (the flag then changes nothing)
+                             "--allow-no-ood"],
         "summarize-slide": py + ["summarize-slide", "--slide-id", sid, "--case-id", "bench-case", "--stain", "HE",
                                  "--slide", str(slide), "--qc", str(out / "qc.json"),
                                  "--tiles", str(out / "tiles.parquet"), "--scores", str(out / "scores.parquet"),

@@ -376,7 +376,7 @@ def call_case(he_calls: list[dict], ihc_results: list[dict], kb: dict, params: d
                 f"{m} {w}" for m, w in SARCOMA_PANEL.items() if m not in done) + ")")
     elif category == "insufficient" and markers:
         help_with(LINEAGE_PANEL, "pan-keratin and desmin would separate carcinoma from sarcoma")
-    if category == "melanocytic":
+    if melanocytic_pattern:  # alone or beside other conflicts: say what confirms or excludes melanoma
         help_with(["HMB45", "MelanA", "CK_AE1AE3"], "melanocytic markers and keratin; check for a melanoma history")
     if category == "conflict":
         would_help.append("review by a soft-tissue pathologist; molecular testing where the pattern suggests it "

@@ -18,27 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.heads import balanced_weights
+from pipeline.train_data import balanced_weights
 
 
 @torch.no_grad()
 def block_inputs(net, tiles: np.ndarray, k: int, *, augment: bool, grey: bool, seed: int = 0,
                  batch_size: int = 64) -> np.ndarray:
     """(N, C, H, W) float16 activations entering block ``k`` of the ImageNet ``net`` for uint8 RGB tiles."""
-    from pipeline.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD
-    from pipeline.train_data import colour_augment
+    from pipeline.tile_features import imagenet_batch
 
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
     gen = torch.Generator().manual_seed(seed)
     out = []
     for a in range(0, len(tiles), batch_size):
-        x = torch.from_numpy(tiles[a:a + batch_size]).permute(0, 3, 1, 2).float()
-        if augment:
-            x = colour_augment(x, gen, blur_fraction=0.1, grey_fraction=0.05)
-        if grey:
-            x = x.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
-        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        x = imagenet_batch(tiles[a:a + batch_size], gen, augment=augment, grey=grey)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             h = F.relu6(net._bn0(net._conv_stem(x)))
             for block in net._blocks[:k]:

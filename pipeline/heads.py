@@ -17,18 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.train_data import balanced_weights
 
-def balanced_weights(labels: np.ndarray, sources: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-sample weights (mean 1): classes equal, sources within a class by sqrt of their size."""
-    w = np.zeros(len(labels))
-    present = [c for c in range(n_classes) if (labels == c).any()]
-    for c in present:
-        in_c = labels == c
-        srcs, counts = np.unique(sources[in_c], return_counts=True)
-        share = np.sqrt(counts) / np.sqrt(counts).sum()
-        for s, n, sh in zip(srcs, counts, share, strict=True):
-            w[in_c & (sources == s)] = sh / n / len(present)
-    return w * len(w) / w.sum()
+__all__ = ["balanced_weights", "fit_head", "head_logits", "fit_ood", "ood_distance", "loso_predictions"]
 
 
 def _make_head(kind: str, dim: int, n_classes: int, hidden: int) -> nn.Module:

@@ -257,6 +257,21 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     return model.eval().to(device), card
 
 
+def missing_ood_statistics(model: TileClassifier, card: dict) -> str | None:
+    """What the model lacks for an OOD score, or None when it has one.
+
+    The weights' ``ood_scale`` buffer must be a positive finite number (training sets it; 0 means "never set",
+    and every tile would read as in distribution) and the card must describe the score in its ``ood`` section.
+    """
+    scale = float(model.ood_scale)
+    problems = []
+    if not (scale > 0 and scale < float("inf")):
+        problems.append(f"the weights' ood_scale is {scale:g}")
+    if not card.get("ood"):
+        problems.append("the card has no ood section")
+    return " and ".join(problems) or None
+
+
 def save_weights(model: nn.Module, path: str | os.PathLike) -> str:
     """Write ``model``'s state_dict atomically; return its SHA-256.
 

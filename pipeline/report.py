@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pipeline import DISCLAIMER, atomic
 from pipeline.case import CALL_RANK, CATEGORY_RANK, PRIORITY_LABELS
+from pipeline.summary import NO_OOD_CHECK
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,25 @@ def _ihc_table(slides: list[dict]) -> str:
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
+def _ood_text(s: dict) -> str:
+    """An H&E slide's share of tiles unlike the training data, or that nothing checked it."""
+    if not (s.get("scores") or {}).get("has_ood_score", True):
+        return NO_OOD_CHECK
+    return f'{_fmt(100 * ((s.get("slide_call") or {}).get("ood_fraction") or 0), 0)}% of tiles'
+
+
+def _no_ood_notice(summaries: list[dict]) -> str:
+    """A header line naming the H&E slides scored without an out-of-distribution check (empty when none)."""
+    unchecked = [s["slide_id"] for s in summaries
+                 if s["kind"] == "HE" and not (s.get("scores") or {}).get("has_ood_score", True)]
+    if not unchecked:
+        return ""
+    return (f'<p class="notice" role="note"><strong>{esc(NO_OOD_CHECK.capitalize())}</strong> on '
+            f'{len(unchecked)} H&amp;E slide{"s" if len(unchecked) > 1 else ""} ({esc(", ".join(unchecked))}): '
+            "the model has no out-of-distribution statistics (slide_call.require_ood: false), so tissue unlike "
+            "its training data is not flagged and its calls may be confidently wrong there.</p>")
+
+
 def _slide_block(s: dict, pictures: dict[str, str | None]) -> str:
     sid = esc(s["slide_id"])
     parts = [f'<div class="slide" id="slide-{sid}"><h4>{sid} &middot; {esc(s["stain"])} &middot; '
@@ -264,8 +284,7 @@ def _slide_block(s: dict, pictures: dict[str, str | None]) -> str:
                      f'<dt>burden</dt><dd>carcinoma-like {esc((b.get("carcinoma") or {}).get("tiles"))} tiles, '
                      f'sarcoma-like {esc((b.get("sarcoma") or {}).get("tiles"))}, non-tumour '
                      f'{esc((b.get("non_tumour") or {}).get("tiles"))}</dd>'
-                     f'<dt>unlike training data</dt><dd>{esc(_fmt(100 * (c.get("ood_fraction") or 0), 0))}% of tiles'
-                     '</dd></dl>')
+                     f'<dt>unlike training data</dt><dd>{esc(_ood_text(s))}</dd></dl>')
     if s["status"] == "warn":
         parts.append(f'<p><strong>Warnings:</strong> {esc(s["reason"])}</p>')
     qc = s.get("qc") or {}
@@ -369,7 +388,7 @@ def render_html(rows: list[dict], cases: dict[str, dict], summaries: list[dict],
 guess, and every call below shows the evidence behind it.</div>
 <p>{len(order)} cases, {len(summaries)} slides{f", <strong>{n_failed} failed</strong> (listed with reasons)"
                                                 if n_failed else ""}. Priority: {esc(priority_legend)}.</p>
-</header>
+{_no_ood_notice(summaries)}</header>
 <main>
 <h2>Worklist</h2>
 {worklist_table(rows)}

@@ -10,6 +10,9 @@ in grid order, and the run's metadata in the schema metadata (key ``slide_triage
 
 A failed or empty grid, or a slide whose pixels cannot be decoded, gives an empty table with status and
 reason (exit 0): one bad slide never stops the cohort. A grid at another scale than the model's is refused.
+So is a model without out-of-distribution statistics, unless ``--allow-no-ood`` (config
+``slide_call.require_ood: false``): then the table has no ``ood_score`` column and its metadata says
+``ood_check: false``, so no later stage can mistake "never checked" for "in distribution".
 """
 
 from __future__ import annotations
@@ -308,10 +311,11 @@ def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None
     return columns, meta
 
 
-def empty_columns(classes) -> dict[str, np.ndarray]:
+def empty_columns(classes, ood: bool = True) -> dict[str, np.ndarray]:
     columns = {"x": np.zeros(0, np.int64), "y": np.zeros(0, np.int64)}
     columns.update({f"prob_{c}": np.zeros(0, np.float32) for c in classes})
-    columns["ood_score"] = np.zeros(0, np.float32)
+    if ood:
+        columns["ood_score"] = np.zeros(0, np.float32)
     return columns
 
 
@@ -341,6 +345,24 @@ def model_meta(card: dict) -> dict:
             "target_mpp": card["mpp"], "ood_score": "> 1 = unlike the training data (see the model card)"}
 
 
+def check_ood_statistics(model, card: dict, model_dir, allow_missing: bool) -> bool:
+    """True when the model gives an OOD score; False when it cannot and ``allow_missing`` (logged); otherwise
+    a one-line :class:`ModelError` naming the model directory and the two fixes."""
+    from pipeline.models import missing_ood_statistics
+
+    missing = missing_ood_statistics(model, card)
+    if missing is None:
+        return True
+    if not allow_missing:
+        raise ModelError(f"{model_dir}: model {card['model_id']} has no out-of-distribution statistics "
+                         f"({missing}), so nothing would flag tissue unlike its training data; re-train it "
+                         "(python -m pipeline train-model or train writes them) or set slide_call.require_ood: false "
+                         "in the config to score with no out-of-distribution check")
+    log.warning("%s: model %s has no out-of-distribution statistics (%s); scoring with no out-of-distribution "
+                "check (slide_call.require_ood: false)", model_dir, card["model_id"], missing)
+    return False
+
+
 # ---- CLI -------------------------------------------------------------------------------------------------
 def configure_parser(parser) -> None:
     parser.add_argument("--slide", required=True, help="slide file")
@@ -362,6 +384,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--prefetch", type=int, default=None,
                         help="batches read ahead of inference (0: read each batch on all readers, then infer; "
                              "default: see --readers)")
+    parser.add_argument("--allow-no-ood", action="store_true",
+                        help="score with a model that has no out-of-distribution statistics (no OOD check: no "
+                             "ood_score column); the workflow passes it only when slide_call.require_ood is false")
 
 
 def run(args) -> None:
@@ -375,6 +400,7 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     model, card = load_model(args.model, device)
+    ood_check = check_ood_statistics(model, card, args.model, args.allow_no_ood)
     model = model.to(memory_format=torch.channels_last)
     try:
         grid = read_tile_grid(args.tiles)
@@ -382,7 +408,9 @@ def run(args) -> None:
         raise SlideError(f"{args.tiles}: cannot read the tile grid ({exc}); re-run tile-slide") from exc
     meta = {"scores_version": SCORES_VERSION, "slide_id": grid.meta.get("slide_id", Path(args.slide).stem),
             **model_meta(card), "effective_mpp": grid.meta.get("effective_mpp"), "level": grid.meta.get("level"),
-            "n_tiles": len(grid.x), "status": "ok", "reason": ""}
+            "n_tiles": len(grid.x), "status": "ok", "reason": "", "ood_check": ood_check}
+    if not ood_check:
+        meta["ood_score"] = "none: the model has no out-of-distribution statistics (slide_call.require_ood: false)"
     status = grid.meta.get("status", "ok")
     if status == "failed":
         meta.update(status="failed", reason=f"tile grid failed: {grid.meta.get('reason', '')}", n_tiles=0)
@@ -390,7 +418,7 @@ def run(args) -> None:
         meta.update(status="empty", reason=grid.meta.get("reason") or "the tile grid has no tiles")
     if meta["status"] != "ok":
         log.warning("%s: %s; writing an empty score table", meta["slide_id"], meta["reason"])
-        write_scores(args.out, empty_columns(card["classes"]), meta)
+        write_scores(args.out, empty_columns(card["classes"], ood_check), meta)
         return
     check_grid_scale(grid.meta, card, args.tiles)
     try:
@@ -403,8 +431,10 @@ def run(args) -> None:
         from pipeline.redact import redact
 
         meta.update(status="failed", reason=redact(str(exc), args.slide), n_tiles=0)
-        write_scores(args.out, empty_columns(card["classes"]), meta)
+        write_scores(args.out, empty_columns(card["classes"], ood_check), meta)
         return
+    if not ood_check:
+        del columns["ood_score"]  # zeros would read as "in distribution"
     meta.update(run_meta)
     write_scores(args.out, columns, meta)
     log.info("%s: %d tiles scored in %.1f s (%.0f tiles/s, %s, %s, %d threads)", meta["slide_id"], len(grid.x),

@@ -32,6 +32,7 @@ SUMMARY_VERSION = 1
 HE_STAIN = "HE"
 CLASSES = ("carcinoma", "sarcoma", "non_tumour")
 FLOAT_DECIMALS = 6
+NO_OOD_CHECK = "no out-of-distribution check"
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -69,6 +70,16 @@ def _top(values: np.ndarray, x: np.ndarray, y: np.ndarray, n: int) -> list[dict]
     return [{"x": int(x[i]), "y": int(y[i]), "value": round(float(values[i]), 4)} for i in order]
 
 
+def no_ood_warning(scores_meta: dict) -> str:
+    """The warning every H&E summary scored without an out-of-distribution check carries."""
+    if scores_meta.get("ood_check") is False:
+        why = (f"model {scores_meta.get('model_id')} has no out-of-distribution statistics "
+               "(slide_call.require_ood: false)")
+    else:
+        why = "scores.parquet has no ood_score column"
+    return f"{NO_OOD_CHECK}: {why}; tissue unlike the training data is not flagged"
+
+
 # ---- the summary --------------------------------------------------------------------------------------
 def slide_call_not_assessed(reason: str, tile_area: float, params: dict | None) -> dict:
     """A ``refer`` slide call, shaped like :func:`call_slide`'s, for a slide that could not be assessed."""
@@ -93,7 +104,7 @@ def he_section(scores: tuple[dict, dict] | None, qc: dict, tiles: dict, params: 
     columns, meta = scores
     status = meta.get("status", "ok")
     record = {"status": status, "reason": _one_line(meta.get("reason", "")), "n_tiles": int(len(columns.get("x", []))),
-              "has_ood_score": "ood_score" in columns}
+              "has_ood_score": "ood_score" in columns and meta.get("ood_check", True) is not False}
     if failure is None and status == "failed":
         failure = f"scoring failed: {record['reason']}"
     if failure is not None:
@@ -103,7 +114,7 @@ def he_section(scores: tuple[dict, dict] | None, qc: dict, tiles: dict, params: 
         failure = f"scores.parquet lacks prob_{', prob_'.join(missing)} (model classes {meta.get('classes')})"
         return record, slide_call_not_assessed(failure, area, params), {}, failure
     probs = {c: np.asarray(columns[f"prob_{c}"], np.float64) for c in CLASSES}
-    ood = np.asarray(columns["ood_score"], np.float64) if "ood_score" in columns else None
+    ood = np.asarray(columns["ood_score"], np.float64) if record["has_ood_score"] else None
     call = call_slide(probs, ood, qc.get("status", "failed"), float(qc.get("metrics", {}).get("tissue_area_mm2", 0.0)),
                       area if area > 0 else 1.0, params)
     x, y = np.asarray(columns["x"], np.int64), np.asarray(columns["y"], np.int64)
@@ -161,6 +172,8 @@ def build_summary(*, slide_id: str, case_id: str, stain: str, qc: dict, grid_met
     scores_record = slide_call = None
     if kind == "HE":
         scores_record, slide_call, top_tiles, failure = he_section(scores, qc, tiles, params, failure)
+        if scores_record is not None and not scores_record["has_ood_score"]:
+            warnings.append(no_ood_warning(scores[1]))
     else:
         top_tiles, failure, ihc_warnings = ihc_section(ihc, ihc_tiles, int(params.get("top_tiles", 8)), failure)
         warnings += [w for w in ihc_warnings if not w.startswith("QC warnings:")]  # QC reasons are listed above

@@ -41,26 +41,32 @@ def tile_set(records: list[LabelledImage], target_mpp: float, tile_px: int, n_pe
     return np.concatenate(tiles), np.array(labels), np.array(owners)
 
 
+def imagenet_batch(tiles: np.ndarray, gen: torch.Generator, *, augment: bool, grey: bool) -> torch.Tensor:
+    """uint8 RGB tiles (B, H, W, 3) -> ImageNet-normalised float (B, 3, H, W), channels_last: HED colour jitter
+    first when ``augment``, grey (mean of R, G, B) when ``grey`` -- as ``TileClassifier`` does for grey models."""
+    from pipeline.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.train_data import colour_augment
+
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float()
+    if augment:
+        x = colour_augment(x, gen, blur_fraction=0.1, grey_fraction=0.05)
+    if grey:
+        x = x.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def tap_features(net, tiles: np.ndarray, taps: tuple[int, ...], *, augment: bool, grey: bool, seed: int = 0,
                  batch_size: int = 64, bf16: bool = True) -> dict[str, np.ndarray]:
     """Pooled features ``{"b<i>": (N, C_i), "head": (N, 1280)}`` of uint8 RGB tiles through an ImageNet
     EfficientNet-Lite0 ``net`` (pipeline.efficientnet_lite) with ImageNet normalisation; HED colour jitter
     first when ``augment``; grey (mean of R, G, B) when ``grey`` -- as ``TileClassifier`` does for grey models."""
-    from pipeline.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD
-    from pipeline.train_data import colour_augment
-
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, list[np.ndarray]] = {}
     for a in range(0, len(tiles), batch_size):
-        x = torch.from_numpy(tiles[a:a + batch_size]).permute(0, 3, 1, 2).float()
-        if augment:
-            x = colour_augment(x, gen, blur_fraction=0.1, grey_fraction=0.05)
-        if grey:
-            x = x.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
-        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        x = imagenet_batch(tiles[a:a + batch_size], gen, augment=augment, grey=grey)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for k, v in net.forward_taps(x, taps).items():
                 out.setdefault(k, []).append(v.float().numpy())

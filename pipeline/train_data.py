@@ -379,12 +379,10 @@ def colour_augment(batch, generator, hed_sigma: float = 0.2, hed_bias: float = 0
     return x.clamp(0, 255)
 
 
-def balanced_sampler_weights(patches: list[Patch], n_classes: int) -> np.ndarray:
-    """Sampling probabilities: every class equally often; within a class, each source in proportion to the
-    square root of its size (small real sources are not swamped by plentiful synthetic patches)."""
-    labels = np.array([p.label for p in patches])
-    sources = np.array([p.source for p in patches])
-    w = np.zeros(len(patches))
+def balanced_weights(labels: np.ndarray, sources: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-sample weights (mean 1): every class the same total weight; within a class, each source in proportion
+    to the square root of its size (a large source cannot drown a small one, no class wins by count)."""
+    w = np.zeros(len(labels))
     present = [c for c in range(n_classes) if (labels == c).any()]
     for c in present:
         in_c = labels == c
@@ -392,4 +390,11 @@ def balanced_sampler_weights(patches: list[Patch], n_classes: int) -> np.ndarray
         share = np.sqrt(counts) / np.sqrt(counts).sum()
         for s, n, sh in zip(srcs, counts, share, strict=True):
             w[in_c & (sources == s)] = sh / n / len(present)
+    return w * len(w) / w.sum()
+
+
+def balanced_sampler_weights(patches: list[Patch], n_classes: int) -> np.ndarray:
+    """Sampling probabilities (sum 1) of :func:`balanced_weights`: small real sources are not swamped by
+    plentiful synthetic patches."""
+    w = balanced_weights(np.array([p.label for p in patches]), np.array([p.source for p in patches]), n_classes)
     return w / w.sum()

@@ -87,7 +87,7 @@ def test_corrupted_jpeg_tiles(good_svs, tmp_path):
     bad.write_bytes(bytes(data))
     record = run_qc(bad, tmp_path)
     assert record["status"] == "failed"
-    assert "decode" in record["reasons"][0] or "damaged" in record["reasons"][0]
+    assert "cannot be decoded" in record["reasons"][0], record["reasons"]
 
 
 def test_header_claiming_a_million_pixels_square(tmp_path):
@@ -135,7 +135,7 @@ def test_out_of_scope_images(tmp_path, kind):
         tifffile.imwrite(bad, np.zeros((4, 512, 512), np.uint8), photometric="minisblack", **opts)
     record = run_qc(bad, tmp_path)
     assert record["status"] == "failed"
-    assert "brightfield" in record["reasons"][0] or "cannot" in record["reasons"][0]
+    assert "not an 8-bit RGB brightfield image" in record["reasons"][0], record["reasons"]
 
 
 @pytest.mark.parametrize("value,expected", [(243, "no tissue"), (0, "not a brightfield")])
@@ -150,7 +150,7 @@ def test_absurd_mpp_in_metadata(tmp_path, mpp):
     bad = write_pyramid_tiff(tmp_path / "mpp.svs", blob_image(1024, 1024), mpp=mpp, levels=1, aperio=True)
     record = run_qc(bad, tmp_path)
     assert record["status"] == "failed"
-    assert "MPP" in record["reasons"][0] or "mpp" in record["reasons"][0]
+    assert "um/px from the slide metadata is outside" in record["reasons"][0], record["reasons"]
 
 
 def test_shared_bad_files(shared_data, tmp_path):

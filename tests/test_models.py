@@ -15,17 +15,22 @@ from pipeline.models import (
     INTENDED_USE,
     TileClassifier,
     load_model,
+    missing_ood_statistics,
     read_card,
     save_weights,
     sha256_file,
 )
 
 
-def write_model(directory, architecture="small_cnn", **card_overrides):
-    """A random-weight model directory with a valid card (what training writes, minus the results)."""
+def write_model(directory, architecture="small_cnn", ood_scale=10.0, **card_overrides):
+    """A random-weight model directory with a valid card (what training writes, minus the results).
+
+    ``ood_scale=0`` gives weights without OOD statistics (the buffer as built); ``ood=None`` a card without
+    its ``ood`` section.
+    """
     torch.manual_seed(0)
     model = TileClassifier(architecture, len(CLASSES), mean=(0.8, 0.6, 0.75), std=(0.15, 0.2, 0.15))
-    model.ood_scale.fill_(10.0)
+    model.ood_scale.fill_(ood_scale)
     sha = save_weights(model, directory / "weights.pt")
     card = {
         "card_version": 1, "model_id": "test-model", "architecture": architecture, "classes": list(CLASSES),
@@ -34,8 +39,10 @@ def write_model(directory, architecture="small_cnn", **card_overrides):
         "precision": {"bf16_allowed": True, "bf16_max_prob_diff": 0.0},
         "weights": {"file": "weights.pt", "sha256": sha}, "intended_use": INTENDED_USE,
         "training_data": {}, "test_data": {}, "metrics": {}, "performance": {"tiles_per_s": 0.0},
+        "ood": {"method": "Mahalanobis distance to the nearest class mean", "quantile": 0.99},
     }
     card.update(card_overrides)
+    card = {k: v for k, v in card.items() if v is not None}
     (directory / "card.json").write_text(json.dumps(card))
     return directory
 
@@ -93,6 +100,19 @@ def test_round_trip(model_dir):
     model, card = load_model(model_dir)
     assert card["model_id"] == "test-model" and not model.training
     assert float(model.ood_scale) == 10.0
+
+
+@pytest.mark.parametrize("ood_scale,card_ood,expected", [
+    (10.0, True, None),
+    (0.0, True, "the weights' ood_scale is 0"),
+    (float("nan"), True, "the weights' ood_scale is nan"),
+    (10.0, False, "the card has no ood section"),
+    (0.0, False, "the weights' ood_scale is 0 and the card has no ood section"),
+])
+def test_missing_ood_statistics_names_what_is_missing(tmp_path, ood_scale, card_ood, expected):
+    overrides = {} if card_ood else {"ood": None}
+    model, card = load_model(write_model(tmp_path, ood_scale=ood_scale, **overrides))
+    assert missing_ood_statistics(model, card) == expected
 
 
 def test_checksum_mismatch_is_refused(model_dir):

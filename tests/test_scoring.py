@@ -1,6 +1,7 @@
 """score-tiles on generated slides (probabilities, coordinates, failed/empty grids, scale refusal) and the
 shipped model's slide calls on the real reference slides."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,61 @@ def test_grid_at_another_scale_is_refused(gen_slide, model_dir, tmp_path, capsys
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s.parquet").exists()
 
 
+# ---- a model without OOD statistics ----------------------------------------------------------------------
+@pytest.mark.parametrize("lacks", [{"ood_scale": 0.0}, {"ood": None}, {"ood_scale": 0.0, "ood": None}],
+                         ids=["weights", "card", "both"])
+def test_model_without_ood_statistics_is_refused(gen_slide, tmp_path, capsys, lacks):
+    model = write_model(tmp_path, **lacks)
+    write_tile_grid(tmp_path / "tiles.parquet", _grid(gen_slide))
+    rc, err = _score(capsys, "--slide", gen_slide, "--tiles", tmp_path / "tiles.parquet", "--model", model,
+                     "--out", tmp_path / "s.parquet", "--device", "cpu")
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s.parquet").exists()
+    assert err.startswith(f"error: {model}: model test-model has no out-of-distribution statistics"), err
+    assert "slide_call.require_ood: false" in err and "re-train" in err
+
+
+def test_opt_out_scores_without_ood_and_every_output_says_so(gen_slide, tmp_path, capsys):
+    """slide_call.require_ood: false (--allow-no-ood): scored, no ood_score column, and the summary, worklist
+    and review page say "no out-of-distribution check"."""
+    from pipeline import report
+    from pipeline.__main__ import main
+
+    model = write_model(tmp_path, ood_scale=0.0, ood=None)
+    write_tile_grid(tmp_path / "tiles.parquet", _grid(gen_slide))
+    rc, err = _score(capsys, "--slide", gen_slide, "--tiles", tmp_path / "tiles.parquet", "--model", model,
+                     "--out", tmp_path / "scores.parquet", "--device", "cpu", "--allow-no-ood")
+    assert rc == 0, err
+    cols, meta = read_scores(tmp_path / "scores.parquet")
+    # no ood_score column: zeros would read as "in distribution"
+    assert list(cols) == ["x", "y", "prob_carcinoma", "prob_sarcoma", "prob_non_tumour"]
+    assert len(cols["x"]) == 12 and meta["status"] == "ok" and meta["ood_check"] is False
+
+    (tmp_path / "qc.json").write_text('{"status": "ok", "reasons": [], "metrics": {"tissue_area_mm2": 0.6}}')
+    assert main(["summarize-slide", "--slide-id", "gen", "--case-id", "C1", "--stain", "HE", "--slide", str(gen_slide),
+                 "--qc", str(tmp_path / "qc.json"), "--tiles", str(tmp_path / "tiles.parquet"), "--scores",
+                 str(tmp_path / "scores.parquet"), "--config", str(ROOT / "configs" / "config.yaml"),
+                 "--out", str(tmp_path / "summary.json")]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["scores"]["has_ood_score"] is False and "ood" not in summary["top_tiles"]
+    assert summary["status"] == "warn" and summary["reason"].startswith("no out-of-distribution check: model "
+                                                                        "test-model has no out-of-distribution")
+    assert any(w.startswith("no out-of-distribution check") for w in summary["warnings"])
+
+    rows = report.worklist_rows({}, [summary])
+    assert "no out-of-distribution check" in report.worklist_tsv(rows)
+    page = report.render_html(rows, {}, [summary], {})
+    assert "No out-of-distribution check</strong> on 1 H&amp;E slide (gen)" in page
+    assert "<dt>unlike training data</dt><dd>no out-of-distribution check</dd>" in page
+
+
+def test_shipped_model_has_ood_statistics():
+    """The sample cohort keeps its OOD check under the default slide_call.require_ood: true."""
+    from pipeline.models import load_model, missing_ood_statistics
+
+    assert missing_ood_statistics(*load_model(_shipped_model_dir())) is None
+
+
 def test_unreadable_pixels_give_failed_table(model_dir, tmp_path, capsys):
     """A slide that opens but whose tiles cannot be decoded: failed status, exit 0 (the cohort goes on)."""
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "bad" / "unreadable.svs"
@@ -136,11 +192,10 @@ def test_unreadable_pixels_give_failed_table(model_dir, tmp_path, capsys):
     write_tile_grid(tmp_path / "tiles.parquet", grid)
     rc, err = _score(capsys, "--slide", data, "--mpp", "0.5", "--tiles", tmp_path / "tiles.parquet",
                      "--model", model_dir, "--out", tmp_path / "s.parquet")
-    if rc == 2:  # the slide is refused when opened: a one-line error, no traceback
-        assert len(err.strip().splitlines()) == 1
-    else:
-        assert rc == 0, err
-        assert read_scores(tmp_path / "s.parquet")[1]["status"] == "failed"
+    assert rc == 0, err  # the slide opens (its header is sound); its first tile's JPEG is damaged
+    meta = read_scores(tmp_path / "s.parquet")[1]
+    assert meta["status"] == "failed" and "tile 0 of level 0 cannot be decoded" in meta["reason"]
+    assert "unreadable.svs" not in meta["reason"]  # redacted: the file name never leaves
 
 
 # ---- the shipped model on real slides -----------------------------------------------------------------------

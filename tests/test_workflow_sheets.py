@@ -64,3 +64,35 @@ def test_paths_with_spaces_quotes_and_unicode_are_quoted(tmp_path):
     proc = _dry_run(tmp_path, f"C1\tS1\t{slide}\tHE\t\n")
     assert proc.returncode == 0, proc.output
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("require_ood,flag", [(None, False), (True, False), (False, True)])
+def test_score_tiles_gets_allow_no_ood_only_when_the_config_opts_out(tmp_path, require_ood, flag):
+    """slide_call.require_ood (default true) reaches score-tiles: only false lets a model without OOD statistics
+    score."""
+    slide = tmp_path / "s.svs"
+    slide.write_bytes(b"x")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(HEADER + f"C1\tS1\t{slide}\tHE\t\n", encoding="utf-8")
+    configs = [str(ROOT / "configs" / "config.yaml")]
+    if require_ood is not None:
+        (tmp_path / "ood.yaml").write_text(f"slide_call:\n  require_ood: {str(require_ood).lower()}\n")
+        configs.append(str(tmp_path / "ood.yaml"))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", *configs, "--cores", "1", "--dry-run", "--printshellcmds",
+           "--config", f"samples={sheet}", f"markers={ROOT / 'configs' / 'markers.yaml'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    score = [line for line in (proc.stdout + proc.stderr).splitlines() if " score-tiles " in line]
+    assert len(score) == 1 and ("--allow-no-ood" in score[0]) is flag
+
+
+def test_require_ood_must_be_a_boolean(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    text = (ROOT / "configs" / "config.yaml").read_text().replace("require_ood: true", 'require_ood: "no"')
+    assert 'require_ood: "no"' in text
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="require_ood"):
+        load_config(tmp_path / "config.yaml")

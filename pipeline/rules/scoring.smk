@@ -36,6 +36,8 @@ rule score_tiles:
         pipeline=PIPELINE,
         mpp=mpp_arg,
         model=lambda wildcards, input: os.path.dirname(input.model[0]),
+        # a model without OOD statistics is refused unless the config opts out (slide_call.require_ood: false)
+        ood="" if config["slide_call"]["require_ood"] else "--allow-no-ood",
     wildcard_constraints:
         slide=HE_PATTERN,
     log:
@@ -53,4 +55,4 @@ rule score_tiles:
     shell:
         "{params.pipeline} score-tiles --slide {input.slide:q} {params.mpp} --tiles {input.tiles:q}"
         " --model {params.model:q} --out {output.scores:q} --threads {threads} --batch-size 64 --device auto"
-        " 2> {log:q}"
+        " {params.ood} 2> {log:q}"
