@@ -21,10 +21,12 @@ Reasoning, in order:
 5. Otherwise the supported lineage (IHC, H&E, or both) gives the call; a carcinoma gets the matching
    ``site_patterns`` of the knowledge base as primary-site candidates.
 
-Priority (worklist order, 1 first; :data:`CATEGORY_RANK`): 1 = a tumour call (favours metastatic carcinoma
-or favours sarcoma), conflicts and melanocytic patterns (possible metastatic melanoma); 2 = other refer;
-3 = no tumour. A triage list puts every suspected malignancy before the cases that still need evidence, and
-those before the ones with none. An H&E no-tumour call below ``he_min_confidence`` is uncertain (refer).
+Priority (worklist order, 0 first; :data:`CATEGORY_RANK`): 0 = failed, no result (a job of the case
+failed, so there is no call to trust: the report lists it with the failed job's log; never made here);
+1 = a tumour call (favours metastatic carcinoma or favours sarcoma), conflicts and melanocytic patterns
+(possible metastatic melanoma); 2 = other refer; 3 = no tumour. A triage list puts every suspected
+malignancy before the cases that still need evidence, and those before the ones with none. An H&E no-tumour
+call below ``he_min_confidence`` is uncertain (refer).
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ CARCINOMA, SARCOMA, REFER, NO_TUMOUR = ("favours metastatic carcinoma", "favours
 DEFAULT_PARAMS = {"he_min_confidence": 0.5, "lineage_evidence_min": 1.0, "he_only_calls": True}
 RESULT_ORDER = {"positive": 3, "equivocal": 2, "negative": 1}
 PRIORITY_LABELS = {
+    0: "before all: failed, no result (a job of the case failed; its log says why)",
     1: "first: a tumour call (metastatic carcinoma or sarcoma), conflicting evidence or melanocytic pattern",
     2: "next: refer (insufficient or equivocal evidence)",
     3: "last: no tumour",
 }
-CATEGORY_RANK = {"carcinoma": 1, "sarcoma": 1, "conflict": 1, "melanocytic": 1, "insufficient": 2, "no_tumour": 3}
+CATEGORY_RANK = {"failed": 0, "carcinoma": 1, "sarcoma": 1, "conflict": 1, "melanocytic": 1, "insufficient": 2,
+                 "no_tumour": 3}
 CALL_RANK = {CARCINOMA: 1, SARCOMA: 1, REFER: 2, NO_TUMOUR: 3}  # when only the call is known (refer: 2)
 # Panels suggested when nothing has been done yet, and per lineage.
 LINEAGE_PANEL = ["CK_AE1AE3", "desmin"]

@@ -1,7 +1,8 @@
 """Cohort outputs for people: the review worklist (TSV), the HTML review page and the run metadata.
 
 * ``worklist.tsv`` -- one row per case, each followed by its slides, cases in review-priority order
-  (:func:`worklist_rows`): priority 1 (a tumour call: favours metastatic carcinoma or favours sarcoma;
+  (:func:`worklist_rows`): priority 0 (failed: no result -- a job of the case failed or its case call is
+  missing; the row names the failed job's log), 1 (a tumour call: favours metastatic carcinoma or favours sarcoma;
   conflicting evidence; melanocytic pattern), 2 (refer), 3 (no tumour), as ranked by the case stage
   (``case.json`` ``priority``, :data:`pipeline.case.CATEGORY_RANK`); within a rank the stronger evidence
   first. Under each case its failed slides come first, then H&E, then IHC. Every row says why (call reason,
@@ -14,6 +15,12 @@
   slide's label or macro image, file name or identifying properties.
 * ``run_metadata.json`` -- what differs between runs (times, host, argv, versions); the two files above are
   byte-identical for identical inputs.
+
+After a failed run (``--jobs``, given by the workflow's ``onerror`` handler) the same three files are written
+from whatever is current: the jobs table (:data:`JOBS_COLUMNS`) names, per slide and case and in pipeline
+order, the job making each result and its log; a result that is missing, or older than the results it is made
+from, makes its slide and case "failed: no result" with that job's log (:func:`partial_inputs`). Nothing on the
+sheet disappears from the worklist, and no stale call is shown as current.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import html
 import io
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +47,9 @@ WORKLIST_COLUMNS = ("order", "level", "priority", "case_id", "slide_id", "stain"
 PICTURES = (("heatmap", "heatmap.png"), ("top_tiles", "top_tiles.png"), ("tissue", "tissue_overlay.png"))
 EMBED_PNG_MAX_BYTES = 400_000  # larger pictures are embedded as JPEG (quality JPEG_QUALITY) to keep the page light
 JPEG_QUALITY = 85
+FAILED_CALL = "failed: no result"
+# after a failed run: per slide and case, in pipeline order, the job making each result (written by the workflow)
+JOBS_COLUMNS = ("case_id", "slide_id", "stain", "rule", "output", "log")
 
 
 # ---- worklist -------------------------------------------------------------------------------------------
@@ -66,27 +77,48 @@ def case_rank(case: dict) -> tuple[int, float]:
     """(priority rank, sort key) of a case.json: the rank of its category under today's rule (so a case.json
     written by an older version sorts right too), else the rank it states, else the rank of its call."""
     p = case.get("priority") or {}
-    rank = CATEGORY_RANK.get(case.get("category")) or int(p.get("rank") or CALL_RANK.get(case.get("call"), 2))
+    rank = CATEGORY_RANK.get(case.get("category"))
+    if rank is None:
+        rank = int(p["rank"]) if p.get("rank") is not None else CALL_RANK.get(case.get("call"), 2)
     return rank, float(p.get("sort_key", rank))
+
+
+def failed_case(case_id: str, reason: str = "") -> dict:
+    """The worklist's stand-in for a case without a current case call: "failed: no result", before all."""
+    return {"case_id": case_id, "call": FAILED_CALL, "category": "failed",
+            "reason": reason or "no case call: the case job did not run or failed",
+            "priority": {"rank": CATEGORY_RANK["failed"], "sort_key": float(CATEGORY_RANK["failed"])}}
+
+
+def failure_text(failure: dict) -> str:
+    """One line naming the job that failed (or never ran) for a slide or case, and its log."""
+    what = failure["slide_id"] or f"case {failure['case_id']}"
+    if failure["ran"]:
+        return f"{failure['rule']} failed for {what}; log: {failure['log']}"
+    return f"{failure['rule']} did not run for {what} (the run stopped first); log: {failure['log']}"
 
 
 def _slide_order(s: dict) -> tuple:
     return (0 if s["status"] == "failed" else 1, 0 if s["kind"] == "HE" else 1, s["stain"], s["slide_id"])
 
 
-def worklist_rows(cases: dict[str, dict], summaries: list[dict]) -> list[dict]:
+def worklist_rows(cases: dict[str, dict], summaries: list[dict],
+                  failures: dict[str, list[dict]] | None = None) -> list[dict]:
     """Worklist rows: each case then its slides, cases in review order (see the module docstring).
 
-    ``cases``: case_id -> case.json content; ``summaries``: summary.json contents. A case without case.json
-    (its stage failed) is listed as refer with that reason, never dropped.
+    ``cases``: case_id -> case.json content; ``summaries``: summary.json contents (a slide whose result is
+    missing: a stand-in from :func:`partial_inputs`, ``no_result`` true); ``failures``: case_id -> the jobs
+    that failed for it (:func:`partial_inputs`). A case with a failed job or without case.json is listed
+    first as "failed: no result" with the failed jobs' logs, never dropped.
     """
+    failures = failures or {}
     by_case: dict[str, list[dict]] = {}
     for s in summaries:
         by_case.setdefault(s["case_id"], []).append(s)
-    case_ids = sorted(set(by_case) | set(cases))
-    missing = {c: {"case_id": c, "call": "refer", "reason": "no case call: the case stage did not run or failed",
-                   "priority": {"rank": 2, "sort_key": 2.99}} for c in case_ids if c not in cases}
-    all_cases = {**missing, **cases}
+    case_ids = sorted(set(by_case) | set(cases) | set(failures))
+    failed = {c: failed_case(c, "; ".join(failure_text(f) for f in failures.get(c, [])))
+              for c in case_ids if c not in cases or failures.get(c)}
+    all_cases = {**cases, **failed}
     ordered = sorted(case_ids, key=lambda c: (*case_rank(all_cases[c]), c))
     rows = []
     for case_id in ordered:
@@ -114,7 +146,9 @@ def worklist_rows(cases: dict[str, dict], summaries: list[dict]) -> list[dict]:
             reason = s["reason"] if s["status"] == "failed" else why
             detail = s["reason"] if s["status"] == "warn" else ""
             rows.append({"level": "slide", "priority": rank, "case_id": case_id, "slide_id": s["slide_id"],
-                         "stain": s["stain"], "call": "not assessed" if s["status"] == "failed" else call,
+                         "stain": s["stain"],
+                         "call": FAILED_CALL if s.get("no_result") else "not assessed" if s["status"] == "failed"
+                         else call,
                          "confidence": None if s["status"] == "failed" else conf, "status": s["status"],
                          "reason": reason, "details": detail})
     for i, row in enumerate(rows, start=1):
@@ -153,6 +187,7 @@ tr.case td { font-weight: 600; border-top: 3px solid #777; } tr.case td.small { 
 tr.slide td:first-child { padding-left: 22px; }
 tr.st-failed td { background: var(--fail); } tr.st-warn td { background: var(--warn); }
 .prio { display:inline-block; min-width: 1.8em; text-align:center; color:#fff; border-radius: 3px; padding: 0 4px; }
+.prio-0 { background: #000; }
 .prio-1 { background: var(--p1); } .prio-2 { background: var(--p2); } .prio-3 { background: var(--p3); }
 section.case { border: 1px solid var(--line); padding: 4px 16px 12px; margin: 20px 0; break-inside: avoid-page; }
 .slide { border-top: 1px solid var(--line); margin-top: 12px; padding-top: 4px; }
@@ -289,7 +324,7 @@ def _slide_block(s: dict, pictures: dict[str, str | None]) -> str:
         parts.append(f'<p><strong>Warnings:</strong> {esc(s["reason"])}</p>')
     qc = s.get("qc") or {}
     m = qc.get("metrics") or {}
-    facts = [f"QC {qc.get('status')}"]
+    facts = [f"QC {qc.get('status')}"] if qc else []
     if m.get("tissue_area_mm2") is not None:
         facts.append(f"tissue {m['tissue_area_mm2']:g} mm2")
     if s.get("effective_mpp"):
@@ -314,9 +349,12 @@ def _slide_block(s: dict, pictures: dict[str, str | None]) -> str:
 
 def _case_section(case_id: str, case: dict | None, slides: list[dict], pictures: dict) -> str:
     parts = [f'<section class="case" id="case-{esc(case_id)}" aria-labelledby="h-{esc(case_id)}">']
-    if case is None:
-        parts.append(f'<h3 id="h-{esc(case_id)}">Case {esc(case_id)}: no case call</h3>'
-                     '<p>The case stage did not run or failed; review the slides below.</p>')
+    if case is None or case.get("call") == FAILED_CALL:
+        case = case or failed_case(case_id)
+        parts.append(f'<h3 id="h-{esc(case_id)}"><span class="prio prio-0">0</span> Case {esc(case_id)}: '
+                     f'{esc(FAILED_CALL)}</h3><p><strong>Why:</strong> {esc(case.get("reason"))}</p>'
+                     '<p>No case call is shown: a job of this case failed. The slides below that finished are '
+                     'listed for reference; re-run the workflow once the log is read.</p>')
     else:
         rank, _ = case_rank(case)
         parts.append(f'<h3 id="h-{esc(case_id)}"><span class="prio prio-{rank}">{rank}</span> Case {esc(case_id)}: '
@@ -367,7 +405,10 @@ def render_html(rows: list[dict], cases: dict[str, dict], summaries: list[dict],
     order = [r["case_id"] for r in rows if r["level"] == "case"]
     n_failed = sum(s["status"] == "failed" for s in summaries)
     csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
-    sections = "".join(_case_section(c, cases.get(c), by_case.get(c, []), pictures) for c in order)
+    stand_ins = {r["case_id"]: failed_case(r["case_id"], r["reason"]) for r in rows
+                 if r["level"] == "case" and r["call"] == FAILED_CALL}
+    sections = "".join(_case_section(c, stand_ins.get(c) or cases.get(c), by_case.get(c, []), pictures)
+                       for c in order)
     priority_legend = "; ".join(f"{rank} = {label}" for rank, label in sorted(PRIORITY_LABELS.items()))
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -423,6 +464,63 @@ def load_inputs(summary_paths: list, case_paths: list) -> tuple[list[dict], dict
         cases[c.get("case_id") or Path(p).parent.name] = c
     summaries.sort(key=lambda s: (s["case_id"], s["slide_id"]))
     return summaries, cases, pictures
+
+
+def read_jobs(path) -> list[dict]:
+    """The jobs table written by the workflow after a failed run (:data:`JOBS_COLUMNS`, tab-separated)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if rows and set(JOBS_COLUMNS) - set(rows[0]):
+        raise ValueError(f"{path}: the jobs table needs the columns {', '.join(JOBS_COLUMNS)}")
+    return rows
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def partial_inputs(jobs: list[dict]) -> tuple[set[str], list[dict], dict[str, list[dict]]]:
+    """What is current after a failed run: (stale outputs, stand-in summaries, failures by case).
+
+    ``jobs``: per slide (in pipeline order), then per case (``slide_id`` empty), the job making each result.
+    The first job of a slide whose output is missing or older than the outputs before it is the failed one
+    (``ran``: its log exists); its output and all later ones of the slide are stale. A case with a failed
+    slide has no current call; a case whose call is missing or older than its slides' results failed at its
+    own job. Each failed slide gets a stand-in summary ("failed: no result", with the log) for the worklist.
+    """
+    stale: set[str] = set()
+    stand_ins: list[dict] = []
+    failures: dict[str, list[dict]] = {}
+    by_unit: dict[tuple[str, str], list[dict]] = {}
+    for job in jobs:
+        by_unit.setdefault((job["case_id"], job["slide_id"]), []).append(job)
+    newest_of_case: dict[str, float] = {}
+    for (case_id, slide_id), chain in by_unit.items():
+        upstream = newest_of_case.get(case_id, 0.0) if not slide_id else 0.0
+        for i, job in enumerate(chain):
+            made = _mtime(job["output"])
+            if made is not None and made >= upstream:
+                upstream = made
+                continue
+            failure = {"case_id": case_id, "slide_id": slide_id, "rule": job["rule"], "log": job["log"],
+                       "ran": _mtime(job["log"]) is not None}
+            stale.update(j["output"] for j in chain[i:])
+            if slide_id:
+                stand_ins.append({"case_id": case_id, "slide_id": slide_id, "stain": job["stain"],
+                                  "kind": "HE" if job["stain"] == "HE" else "IHC", "status": "failed",
+                                  "reason": failure_text(failure), "no_result": True})
+                failures.setdefault(case_id, []).append(failure)
+            elif not failures.get(case_id):  # the case job itself (its slides are all current)
+                failures.setdefault(case_id, []).append(failure)
+            break
+        if slide_id:
+            newest_of_case[case_id] = max(newest_of_case.get(case_id, 0.0), upstream)
+    return stale, stand_ins, failures
 
 
 def check_results(results_dir) -> dict[str, list[str]]:
@@ -487,6 +585,10 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out-html", required=True, help="report.html to write")
     parser.add_argument("--out-metadata", required=True, help="run_metadata.json to write")
     parser.add_argument("--title", default="slide-triage review", help="page title")
+    parser.add_argument("--jobs", help="after a failed run (the workflow's onerror handler): TSV naming, per slide "
+                        "and case in pipeline order, the job making each result and its log (columns "
+                        f"{', '.join(JOBS_COLUMNS)}); summaries and case calls that are missing or stale are then "
+                        "listed first as 'failed: no result' with that job's log, instead of stopping the report")
 
 
 def _now() -> str:
@@ -497,15 +599,22 @@ def run(args) -> None:
     from pipeline.provenance import run_metadata
 
     started = _now()
-    summaries, cases, pictures = load_inputs(args.summaries, args.cases)
-    rows = worklist_rows(cases, summaries)
+    summary_paths, case_paths, stand_ins, failures = list(args.summaries), list(args.cases), [], {}
+    if args.jobs:
+        stale, stand_ins, failures = partial_inputs(read_jobs(args.jobs))
+        summary_paths = [p for p in summary_paths if p not in stale and _mtime(p) is not None]
+        case_paths = [p for p in case_paths if p not in stale and _mtime(p) is not None]
+    summaries, cases, pictures = load_inputs(summary_paths, case_paths)
+    summaries = sorted(summaries + stand_ins, key=lambda s: (s["case_id"], s["slide_id"]))
+    rows = worklist_rows(cases, summaries, failures)
     atomic.write_text(args.out_worklist, worklist_tsv(rows))
     atomic.write_text(args.out_html, render_html(rows, cases, summaries, pictures, args.title))
     mtimes = sorted(dt.datetime.fromtimestamp(Path(p).stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
-                    for p in args.summaries)
+                    for p in summary_paths)
     meta = run_metadata(sys.argv, started, _now())
     meta.update(report_version=REPORT_VERSION, n_cases=len({s["case_id"] for s in summaries}),
                 n_slides=len(summaries), n_failed_slides=sum(s["status"] == "failed" for s in summaries),
+                failed_cases=sorted(failures),
                 summaries_written=[mtimes[0], mtimes[-1]] if mtimes else None,
                 note="run facts only; worklist.tsv, report.html and the summaries are byte-stable and hold none")
     atomic.write_json(args.out_metadata, meta)

@@ -81,11 +81,12 @@ def test_each_case_is_followed_by_its_slides_failed_first():
     assert rows[3]["call"].startswith("ER: positive (area_positive_pct 12.5, cut-off 5)")
 
 
-def test_case_without_case_call_is_listed_as_refer_not_dropped():
-    rows = worklist_rows({"A": _case("A", "no tumour", 4)}, [_summary("A", "A1"), _summary("B", "B1")])
+def test_case_without_case_call_is_listed_first_as_failed_not_dropped():
+    rows = worklist_rows({"A": _case("A", "favours sarcoma", 1)}, [_summary("A", "A1"), _summary("B", "B1")])
     case_rows = [r for r in rows if r["level"] == "case"]
     assert [r["case_id"] for r in case_rows] == ["B", "A"]
-    assert case_rows[0]["call"] == "refer" and "no case call" in case_rows[0]["reason"]
+    assert case_rows[0]["call"] == "failed: no result" and case_rows[0]["priority"] == 0
+    assert "no case call" in case_rows[0]["reason"]
 
 
 def test_worklist_tsv_has_one_line_per_row_and_no_stray_tabs():

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from pipeline import atomic
 from pipeline.config import HE_STAIN, load_samples
 from pipeline.errors import ConfigError
+from pipeline.report import JOBS_COLUMNS
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -78,3 +79,21 @@ def all_outputs(wildcards):
         targets += [f"{RESULTS}/cases/{case}/case.json" for case in CASES]
         targets += [f"{RESULTS}/worklist.tsv", f"{RESULTS}/report.html", f"{RESULTS}/run_metadata.json"]
     return targets
+
+
+def result_jobs_tsv():
+    """The jobs table for the report after a failed run (outputs.smk, onerror): per slide in pipeline order,
+    then per case, the job making each result, its output and its log (columns: JOBS_COLUMNS)."""
+    lines = ["\t".join(JOBS_COLUMNS)]
+    for case, slides in CASES.items():
+        for slide in slides:
+            stain = SAMPLES[slide]["stain"]
+            stage = "score_tiles" if stain == HE_STAIN else "quantify_ihc"
+            for name in ("qc_slide", "tile_slide", stage, "summarize_slide"):
+                job = getattr(rules, name)
+                paths = [str(job.output[0]).format(slide=slide), str(job.log[0]).format(slide=slide)]
+                lines.append("\t".join((case, slide, stain, name, *paths)))
+        job = rules.call_case
+        paths = [str(job.output[0]).format(case=case), str(job.log[0]).format(case=case)]
+        lines.append("\t".join((case, "", "", "call_case", *paths)))
+    return "\n".join(lines) + "\n"

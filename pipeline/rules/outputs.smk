@@ -166,3 +166,28 @@ rule make_report:
         "{params.pipeline} make-report --summaries {input.summaries:q} --cases {input.cases:q}"
         " --out-worklist {output.worklist:q} --out-html {output.html:q} --out-metadata {output.metadata:q}"
         " 2> {log:q}"
+
+
+# After a failed job (keep-going runs the rest first), make_report cannot run: its inputs are missing. The
+# same make-report command then writes the worklist and page from whatever is current, given the jobs that
+# make each slide's and case's result (logs/make_report/jobs.tsv); every case whose result is missing or
+# stale is listed first as "failed: no result" with the failed job's log. Nothing on the sheet disappears.
+REPORT_JOBS = "logs/make_report/jobs.tsv"
+
+
+onerror:
+    atomic.write_text(REPORT_JOBS, result_jobs_tsv())
+    _report = rules.make_report
+    _quoted = lambda paths: " ".join(shlex.quote(str(p)) for p in paths)
+    try:
+        shell(
+            f"{PIPELINE} make-report --jobs {REPORT_JOBS} --summaries {_quoted(_report.input.summaries)}"
+            f" --cases {_quoted(_report.input.cases)} --out-worklist {shlex.quote(_report.output.worklist)}"
+            f" --out-html {shlex.quote(_report.output.html)} --out-metadata {shlex.quote(_report.output.metadata)}"
+            " 2> logs/make_report/after_failure.log"
+        )
+        print(f"A job failed: {_report.output.worklist} lists its case first as 'failed: no result' with the "
+              "failed job's log (see logs/make_report/after_failure.log).", file=sys.stderr)
+    except Exception as exc:  # the run has already failed; say so rather than hide the original error
+        print(f"A job failed, and the report after it failed too ({exc}): see "
+              "logs/make_report/after_failure.log", file=sys.stderr)
