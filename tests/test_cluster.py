@@ -159,7 +159,8 @@ def test_results_equal_a_local_run(slurm_run, cohort_run):
 def test_a_failing_slide_job_is_reported_and_the_other_slides_kept(slurm_run, tmp_path):
     """Two slides join the finished run: a truncated copy (the pipeline records it as failed) and one whose job
     fails on the node (a directory stands where its QC file must go, like a broken disk or mount). The run
-    reports the failed SLURM job, exits non-zero, and every earlier result stays as it was."""
+    reports the failed SLURM job, exits non-zero, every earlier result stays as it was, and the worklist written
+    after the failure lists every case, the blocked one first."""
     workdir, _ = slurm_run
     results = workdir / "results"
     before = file_digests(results)
@@ -193,4 +194,11 @@ def test_a_failing_slide_job_is_reported_and_the_other_slides_kept(slurm_run, tm
             record = json.loads((results / "slides" / "Z-TRUNC" / name).read_text())
             assert record["status"] == "failed", (name, record)
     after = file_digests(results)
-    assert {name: after.get(name) for name in before} == before
+    report = {"worklist.tsv", "report.html", "run_metadata.json"}  # rewritten by the onerror report (issue 13)
+    assert {name: after.get(name) for name in before if name not in report} == \
+        {name: d for name, d in before.items() if name not in report}
+    # Nothing disappears: the worklist lists every case, the failed one first with its job's log.
+    with open(results / "worklist.tsv", newline="", encoding="utf-8") as fh:
+        cases = [r for r in csv.DictReader(fh, delimiter="\t") if r.get("level") == "case"]
+    assert cases[0]["case_id"] == "Z2" and "failed: no result" in json.dumps(cases[0]), cases[0]
+    assert {r["case_id"] for r in cases} >= {"Z1", "Z2", *{r["case_id"] for r in slides}}
