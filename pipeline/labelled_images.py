@@ -1,7 +1,7 @@
 """Labelled real images: read a labels CSV into records (path, label, source, case, um/px) and cut tiles from them
 at the model's um/px.
 
-Public: :class:`LabelledImage`, :func:`read_labels`, :func:`model_label`, :func:`image_tiles`.
+Public: :class:`LabelledImage`, :func:`read_labels`, :func:`read_csv_rows`, :func:`model_label`, :func:`image_tiles`.
 
 Three CSV dialects are read, told apart by their columns:
 
@@ -64,14 +64,19 @@ def _patch_case(path: str) -> str:
     return m.group(1) if m else stem
 
 
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a labels CSV as dicts; a one-line TriageError naming the file when it cannot be read."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise TriageError(f"{path}: cannot read the labels CSV ({exc.strerror})") from exc
+
+
 def read_labels(csv_path: str | Path, assume_mpp: dict[str, float] | None = None) -> list[LabelledImage]:
     """Records of a labels CSV (paths relative to the CSV's folder unless absolute)."""
     csv_path = Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise TriageError(f"{csv_path}: cannot read the labels CSV ({exc.strerror})") from exc
+    rows = read_csv_rows(csv_path)
     if not rows:
         raise TriageError(f"{csv_path}: no rows; expected a header path,label,source,mpp and one row per image")
     cols = set(rows[0])

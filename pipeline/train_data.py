@@ -16,7 +16,6 @@ jitter in HED space (Tellez et al., 2018), brightness/contrast and Gaussian blur
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -85,15 +84,9 @@ def rule_split(rel_path: str, dataset: str, rules=SHARED_PATCH_RULES) -> tuple[s
 # ---- resampling -------------------------------------------------------------------------------------------
 def resample(image: np.ndarray, image_mpp: float, target_mpp: float) -> np.ndarray:
     """Rescale an RGB image from ``image_mpp`` to ``target_mpp`` um/px (box filter down, bicubic up)."""
-    from PIL import Image
+    from pipeline.labelled_images import rescale
 
-    scale = image_mpp / target_mpp
-    if abs(scale - 1.0) < 1e-3:
-        return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
-    return np.asarray(Image.fromarray(image).resize(size, method))
+    return rescale(image, image_mpp / target_mpp)
 
 
 def mosaic(images: list[np.ndarray], size_px: int, rng: np.random.Generator) -> np.ndarray:
@@ -122,12 +115,10 @@ def load_patch_folder(root: str | Path, labels_csv: str | Path, classes: list[st
     """
     from PIL import Image
 
+    from pipeline.labelled_images import read_csv_rows
+
     root = Path(root)
-    try:
-        with open(labels_csv, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise TriageError(f"{labels_csv}: cannot read the labels CSV ({exc.strerror})") from exc
+    rows = read_csv_rows(labels_csv)
     needed = {"path", "coarse_label"}
     if rows and not needed <= set(rows[0]):
         raise TriageError(f"{labels_csv}: needs columns path, coarse_label (and mpp_um, dataset)")

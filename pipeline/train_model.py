@@ -22,6 +22,7 @@ import logging
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,76 @@ def finetune_logits(net, records, folds: np.ndarray, args) -> np.ndarray:
                          steps=args.steps, seed=args.seed)
 
 
+@dataclass
+class Validation:
+    """The real evaluation tiles: true class, owning image, source and LOSO fold of each; the baseline mask."""
+
+    labels: np.ndarray
+    owners: np.ndarray
+    sources: np.ndarray
+    folds: np.ndarray
+    on_baseline: np.ndarray | None
+
+    def summary(self, logits: np.ndarray) -> dict:
+        """A candidate's pooled out-of-fold figures (and on the baseline's sources, like for like)."""
+        m = real_metrics(softmax(logits), self.labels, self.sources, self.owners, list(CLASSES), n_boot=0)["pooled"]
+        out = {"loso_macro_auc": m["macro_auc"], "loso_tumour_vs_non_tumour_auc": m["tumour_vs_non_tumour_auc"],
+               "loso_accuracy": m["accuracy"]}
+        if self.on_baseline is not None:
+            sel = self.on_baseline
+            b = real_metrics(softmax(logits[sel]), self.labels[sel], self.sources[sel], self.owners[sel],
+                             list(CLASSES), n_boot=0)["pooled"]
+            out |= {"baseline_sources_macro_auc": b["macro_auc"],
+                    "baseline_sources_tumour_vs_non_tumour_auc": b["tumour_vs_non_tumour_auc"]}
+        return out
+
+
+def gather_features(net, records, args) -> dict[bool, tuple[dict, dict]]:
+    """{grey: (training-crop taps, evaluation-tile taps)} for colour and grey input."""
+    feats = {}
+    for grey in (False, True):
+        common = dict(target_mpp=args.mpp, tile_px=args.tile_px, grey=grey, taps=TAPS, cache_dir=args.cache_dir)
+        feats[grey] = (cached_taps(net, records, n_per_image=args.train_crops, seed=args.seed, **common),
+                       cached_taps(net, records, n_per_image=args.eval_tiles, seed=None, **common))
+    return feats
+
+
+def compare_candidates(feats, val: Validation, folds_train: np.ndarray, fit_kw: dict, finetune=None
+                       ) -> tuple[list[dict], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Every candidate's LOSO summary, and the out-of-fold (logits, OOD distance) of the frozen ones."""
+    candidates, oof = [], {}
+    for tap, grey in CANDIDATES:
+        tr, va = feats[grey]
+        logits, dist = loso_predictions({"features": tr[tap], "labels": tr["labels"]}, {"features": va[tap]},
+                                        folds_train, val.folds, len(CLASSES), "linear", **fit_kw)
+        name = lite0_name(tap, grey)
+        oof[name] = (logits, dist)
+        candidates.append({"architecture": name, "features": f"ImageNet EfficientNet-Lite0, pooled at {tap}, "
+                           f"{'grey' if grey else 'colour'} input, frozen", "head": "linear", **val.summary(logits)})
+        log.info("%s: %s", name, candidates[-1])
+    if finetune is not None:
+        block, logits = finetune
+        candidates.append({"architecture": f"efficientnet_lite0_grey_finetune_b{block}",
+                           "features": f"ImageNet EfficientNet-Lite0, grey input, block {block} fine-tuned (blocks "
+                           "before it frozen)", "head": "linear", "shippable": False, **val.summary(logits)})
+        log.info("partial fine-tuning: %s", candidates[-1])
+    return candidates, oof
+
+
+def assemble_model(net, name: str, head, temperature: float, means, precision, scale: float) -> TileClassifier:
+    """The shipped classifier: ImageNet backbone (up to the candidate's tap), fitted head, calibration, OOD."""
+    model = TileClassifier(name, len(CLASSES))
+    keep = model.backbone.state_dict()
+    model.backbone.load_state_dict({k: v for k, v in net.state_dict().items() if k in keep and not
+                                    k.startswith("_fc")}, strict=True)
+    model.head.load_state_dict(head.state_dict())
+    model.temperature.fill_(temperature)
+    model.ood_means.copy_(torch.from_numpy(means))
+    model.ood_precision.copy_(torch.from_numpy(precision))
+    model.ood_scale.fill_(scale)
+    return model.eval()
+
+
 def run(args) -> None:
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(args.seed)
@@ -119,96 +190,64 @@ def run(args) -> None:
         raise TriageError("train-model needs images from at least 3 sources for leave-one-source-out validation")
     net = imagenet_lite0()
     folds = np.array([fold_of(r.source) for r in records])
-    feats = {}
-    for grey in (False, True):
-        common = dict(target_mpp=args.mpp, tile_px=args.tile_px, grey=grey, taps=TAPS, cache_dir=args.cache_dir)
-        feats[grey] = (cached_taps(net, records, n_per_image=args.train_crops, seed=args.seed, **common),
-                       cached_taps(net, records, n_per_image=args.eval_tiles, seed=None, **common))
-    y_val = feats[False][1]["labels"]
-    owners_val = feats[False][1]["owners"]
-    f_tr, f_val = folds[feats[False][0]["owners"]], folds[owners_val]
-    sources_val = np.array([records[i].source for i in owners_val])
-    fit_kw = dict(steps=args.steps, weight_decay=args.weight_decay, seed=args.seed)
-
+    feats = gather_features(net, records, args)
+    owners = feats[False][1]["owners"]
+    sources = np.array([records[i].source for i in owners])
     baseline = baseline_metrics(args.baseline, records, args)
-    on_baseline = np.isin(sources_val, baseline["scored_on"]) if baseline else None
+    val = Validation(feats[False][1]["labels"], owners, sources, folds[owners],
+                     np.isin(sources, baseline["scored_on"]) if baseline else None)
+    folds_train = folds[feats[False][0]["owners"]]
+    fit_kw = dict(steps=args.steps, weight_decay=args.weight_decay, seed=args.seed)
+    finetune = None if args.finetune_block is None else (args.finetune_block,
+                                                          finetune_logits(net, records, folds, args))
+    candidates, oof = compare_candidates(feats, val, folds_train, fit_kw, finetune)
 
-    def summary(logits: np.ndarray) -> dict:
-        m = real_metrics(softmax(logits), y_val, sources_val, owners_val, list(CLASSES), n_boot=0)["pooled"]
-        out = {"loso_macro_auc": m["macro_auc"], "loso_tumour_vs_non_tumour_auc": m["tumour_vs_non_tumour_auc"],
-               "loso_accuracy": m["accuracy"]}
-        if on_baseline is not None:  # the same tiles the baseline was scored on: a like-for-like comparison
-            b = real_metrics(softmax(logits[on_baseline]), y_val[on_baseline], sources_val[on_baseline],
-                             owners_val[on_baseline], list(CLASSES), n_boot=0)["pooled"]
-            out |= {"baseline_sources_macro_auc": b["macro_auc"],
-                    "baseline_sources_tumour_vs_non_tumour_auc": b["tumour_vs_non_tumour_auc"]}
-        return out
-
-    candidates, oof = [], {}
-    for tap, grey in CANDIDATES:
-        tr, va = feats[grey]
-        logits, dist = loso_predictions({"features": tr[tap], "labels": tr["labels"]}, {"features": va[tap]},
-                                        f_tr, f_val, len(CLASSES), "linear", **fit_kw)
-        name = lite0_name(tap, grey)
-        oof[name] = (logits, dist)
-        candidates.append({"architecture": name, "features": f"ImageNet EfficientNet-Lite0, pooled at {tap}, "
-                           f"{'grey' if grey else 'colour'} input, frozen", "head": "linear", **summary(logits)})
-        log.info("%s: %s", name, candidates[-1])
-    if args.finetune_block is not None:
-        candidates.append({"architecture": f"efficientnet_lite0_grey_finetune_b{args.finetune_block}",
-                           "features": f"ImageNet EfficientNet-Lite0, grey input, block {args.finetune_block} "
-                           "fine-tuned (blocks before it frozen)", "head": "linear", "shippable": False,
-                           **summary(finetune_logits(net, records, folds, args))})
-        log.info("partial fine-tuning: %s", candidates[-1])
     best = max((c for c in candidates if c.get("shippable", True)),
                key=lambda c: (c["loso_macro_auc"] or 0, c["loso_tumour_vs_non_tumour_auc"] or 0))
     name = best["architecture"]
     tap, grey = next((t, g) for t, g in CANDIDATES if lite0_name(t, g) == name)
     logits, dist = oof[name]
-    temperature = fit_temperature(logits, y_val)
-    probs = softmax(logits / temperature)
+    temperature = fit_temperature(logits, val.labels)
     tr = feats[grey][0]
-    w = balanced_weights(tr["labels"], f_tr, len(CLASSES))
-    head = fit_head(tr[tap], tr["labels"], w, len(CLASSES), "linear", **fit_kw)
+    head = fit_head(tr[tap], tr["labels"], balanced_weights(tr["labels"], folds_train, len(CLASSES)),
+                    len(CLASSES), "linear", **fit_kw)
     means, precision = fit_ood(tr[tap], tr["labels"], len(CLASSES))
     scale = float(np.quantile(dist, args.ood_quantile))
-    loso = real_metrics(probs, y_val, sources_val, owners_val, list(CLASSES), dist / scale)
+    model = assemble_model(net, name, head, temperature, means, precision, scale)
+    loso = real_metrics(softmax(logits / temperature), val.labels, val.sources, val.owners, list(CLASSES),
+                        dist / scale)
+    selection = {"rule": "highest pooled leave-one-source-out macro-AUC on real tiles", "candidates": candidates,
+                 "chosen": name, "baseline": baseline}
+    write_card(model, args, records, folds, logits, val.labels, temperature, loso, selection, t0)
 
-    model = TileClassifier(name, len(CLASSES))
-    state = {k: v for k, v in net.state_dict().items() if k in model.backbone.state_dict() and not k.startswith("_fc")}
-    model.backbone.load_state_dict(state, strict=True)
-    model.head.load_state_dict(head.state_dict())
-    model.temperature.fill_(temperature)
-    model.ood_means.copy_(torch.from_numpy(means))
-    model.ood_precision.copy_(torch.from_numpy(precision))
-    model.ood_scale.fill_(scale)
-    model.eval()
-    precision_card = bf16_agreement(model, feats, records, args)
+
+def write_card(model, args, records, folds, logits, labels, temperature, loso, selection, t0) -> None:
+    """weights.pt and card.json (schema: model_card.schema.yaml) under ``args.out``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sha = save_weights(model, out / "weights.pt")
+    probs = softmax(logits / temperature)
     card = {
-        "card_version": CARD_VERSION, "model_id": args.model_id, "architecture": name, "classes": list(CLASSES),
-        "tile_px": args.tile_px, "mpp": args.mpp,
+        "card_version": CARD_VERSION, "model_id": args.model_id, "architecture": model.architecture,
+        "classes": list(CLASSES), "tile_px": args.tile_px, "mpp": args.mpp,
         "normalisation": {"mean": [round(v, 4) for v in (model.mean.view(3) / 255).tolist()],
                           "std": [round(v, 4) for v in (model.std.view(3) / 255).tolist()]},
         "calibration": {"method": "temperature", "temperature": round(float(temperature), 4),
                         "fitted_on": "pooled leave-one-source-out logits of real evaluation tiles",
-                        "nll_before": round(nll(logits, y_val), 4),
-                        "nll_after": round(nll(logits, y_val, temperature), 4),
-                        "ece_before": round(expected_calibration_error(softmax(logits), y_val), 4),
-                        "ece_after": round(expected_calibration_error(probs, y_val), 4)},
+                        "nll_before": round(nll(logits, labels), 4),
+                        "nll_after": round(nll(logits, labels, temperature), 4),
+                        "ece_before": round(expected_calibration_error(softmax(logits), labels), 4),
+                        "ece_after": round(expected_calibration_error(probs, labels), 4)},
         "ood": {"method": "Mahalanobis distance of the pooled features to the nearest class mean (shared shrunk "
                           "covariance of all training features), divided by the quantile below of the "
                           "leave-one-source-out distances of real evaluation tiles",
-                "quantile": args.ood_quantile, "feature_dim": int(means.shape[1]), "shrinkage": 0.1,
+                "quantile": args.ood_quantile, "feature_dim": int(model.ood_means.shape[1]), "shrinkage": 0.1,
                 "loso_real_tiles_over_threshold": loso["pooled"]["ood_over_threshold"]},
-        "precision": precision_card,
+        "precision": bf16_agreement(model, records, args),
         "weights": {"file": "weights.pt", "sha256": sha, "bytes": (out / "weights.pt").stat().st_size,
                     "parameters": int(sum(p.numel() for p in model.parameters()))},
         "intended_use": INTENDED_USE,
-        "architecture_selection": {"rule": "highest pooled leave-one-source-out macro-AUC on real tiles",
-                                   "candidates": candidates, "chosen": name, "baseline": baseline},
+        "architecture_selection": selection,
         "training_data": training_data(records, args, folds),
         "test_data": {"method": "leave-one-source-out: each source's tiles scored by a head fitted without it",
                       "folds": sorted(set(folds.tolist()))},
@@ -221,7 +260,7 @@ def run(args) -> None:
                      "torch": torch.__version__, "machine": platform.machine()},
     }
     atomic.write_json(out / "card.json", card)
-    log.info("wrote %s: %s, LOSO macro-AUC %s, tumour-vs-non-tumour AUC %s", out, name,
+    log.info("wrote %s: %s, LOSO macro-AUC %s, tumour-vs-non-tumour AUC %s", out, model.architecture,
              loso["pooled"]["macro_auc"], loso["pooled"]["tumour_vs_non_tumour_auc"])
 
 
@@ -249,7 +288,7 @@ def training_data(records, args, folds) -> dict:
 
 
 @torch.no_grad()
-def bf16_agreement(model, feats, records, args) -> dict:
+def bf16_agreement(model, records, args) -> dict:
     from pipeline.tile_features import tile_set
 
     tiles, _, _ = tile_set(records[:: max(1, len(records) // 64)], args.mpp, args.tile_px, 2, None)
