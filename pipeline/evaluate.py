@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def configure_parser(parser) -> None:
     parser.add_argument("labels", help="labels CSV: path,label,source,mpp (paths relative to the CSV)")
-    parser.add_argument("--model", default="models/triage-effnetlite0-v2", help="model directory (card.json + weights)")
+    parser.add_argument("--model", help="model directory (card.json + weights); default: the config's default model")
     parser.add_argument("--assume-mpp", action="append", default=[], metavar="SUBSTRING=MPP",
                         help="um/px for rows without one whose path or source contains SUBSTRING (repeatable)")
     parser.add_argument("--tiles-per-image", type=int, default=4)
@@ -54,7 +54,20 @@ def score_images(model, card: dict, records, tiles_per_image: int, batch_size: i
     return np.concatenate(probs), np.concatenate(ood), np.array(labels), np.array(owners)
 
 
+def default_model_dir() -> str:
+    """The config schema's default ``model`` (models/<model_id>), found beside the package from any directory."""
+    from pathlib import Path
+
+    from pipeline.config import load_schema
+
+    rel = load_schema("config")["properties"]["model"]["default"]
+    beside = Path(__file__).resolve().parents[1] / rel
+    return str(beside if beside.is_dir() else rel)
+
+
 def run(args) -> None:
+    from pathlib import Path
+
     import torch
 
     from pipeline import atomic
@@ -63,21 +76,24 @@ def run(args) -> None:
     from pipeline.real_metrics import format_table, real_metrics
 
     torch.set_num_threads(max(1, args.threads))
-    model, card = load_model(args.model)
+    model, card = load_model(args.model or default_model_dir())
     if set(card["classes"]) != {"carcinoma", "sarcoma", "non_tumour"}:
-        raise TriageError(f"{args.model}: evaluate needs a carcinoma / sarcoma / non_tumour model")
+        raise TriageError(f"{card['model_id']}: evaluate needs a carcinoma / sarcoma / non_tumour model")
     records = read_labels(args.labels, parse_assume_mpp(args.assume_mpp))
     probs, ood, labels, owners = score_images(model, card, records, args.tiles_per_image, args.batch_size)
     sources = np.array([records[i].source for i in owners])
     metrics = real_metrics(probs, labels, sources, owners, list(card["classes"]), ood)
-    trained_on = set(card.get("training_data", {}).get("real_sources", []))
-    seen = sorted(s for s in metrics["per_source"] if s in trained_on)
+    trained = card.get("training_data", {})
+    root = Path(__file__).resolve().parents[1]  # training runs from the repository root
+    folders = {(root / f).resolve() for f in trained.get("patch_folders", [])}  # cards of models trained on folders
+    seen = sorted(s for s in metrics["per_source"] if s in set(trained.get("real_sources", []))
+                  or Path(args.labels).resolve().parent in folders)
     print(f"model {card['model_id']} on {args.labels}: {len(records)} images, {len(labels)} tiles at "
           f"{card['mpp']} um/px (decision support, not a diagnosis)")
     print(format_table(metrics, list(card["classes"])))
     if seen:
-        print(f"note: the model was trained on {', '.join(seen)}: those rows (and the pooled row) are not held-out "
-              "results; the card's leave-one-source-out table is.")
+        print(f"note: the model's training data include images of {', '.join(seen)} (its card names the sources or "
+              "their folder): those rows and the pooled row are not held-out results.")
     if args.json_out:
         atomic.write_json(args.json_out, {"model_id": card["model_id"], "labels": str(args.labels),
                                           "trained_on": seen, "metrics": metrics})
