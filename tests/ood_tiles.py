@@ -21,7 +21,7 @@ def _grid(img: np.ndarray, px: int, n: int) -> list[np.ndarray]:
 def slide_tiles(path: Path, px: int, mpp: float, n: int = 24, min_tissue: float = 0.5,
                 slide_mpp: float | None = None) -> np.ndarray:
     """Tissue tiles of a slide at ``mpp`` um/px, through the project's reader (level chosen as scoring does)."""
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     with open_slide(path, mpp=slide_mpp) as slide:
         side = round(px * mpp / slide.mpp)  # level-0 px of one tile

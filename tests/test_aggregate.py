@@ -1,9 +1,9 @@
-"""Slide-call rules (pipeline/aggregate.py): each call and each reason to refer, on small made-up tile sets."""
+"""Slide-call rules (pipeline/he/slide_call.py): each call and each reason to refer, on small made-up tile sets."""
 
 import numpy as np
 import pytest
 
-from pipeline.aggregate import CALLS, DEFAULT_PARAMS, NO_TUMOUR_HELP, call_slide
+from pipeline.he.slide_call import CALLS, DEFAULT_PARAMS, NO_TUMOUR_HELP, call_slide
 
 TILE_MM2 = 0.224 * 0.224  # a 224 px tile at 1 um/px
 

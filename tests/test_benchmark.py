@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 
 from conftest import blob_image, write_pyramid_tiff
-from pipeline import benchmark, readbench
+from pipeline.bench import benchmark, readbench
 from pipeline.errors import TriageError
 
 
 def _synth_has_write_slide() -> bool:
     try:
-        from pipeline import synth
+        from pipeline.synth import make_slides as synth
     except ImportError:
         return False
     return hasattr(synth, "write_slide")
 
 
 @pytest.mark.skipif(not _synth_has_write_slide(),
-                    reason="pipeline.synth.write_slide not there yet: the benchmark generates its slides with it")
+                    reason="pipeline.synth.make_slides.write_slide not there yet: the benchmark generates its slides with it")
 def test_quick_benchmark_runs_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "pipeline", "benchmark", "--quick", "--cache-dir", str(tmp_path),
@@ -77,7 +77,7 @@ def test_stage_peak_rss_is_the_stage_own(tmp_path):
 
 
 def test_decode_bound_counts_each_jpeg_tile_once(tmp_path):
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     path = write_pyramid_tiff(tmp_path / "s.svs", blob_image(2048, 1536, seed=2), mpp=0.5, levels=2, aperio=True)
     with open_slide(path) as slide:

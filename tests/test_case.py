@@ -10,8 +10,8 @@ import pytest
 
 from conftest import ROOT
 from pipeline import DISCLAIMER
-from pipeline.case import CARCINOMA, NO_TUMOUR, REFER, SARCOMA, call_case, inputs_from_summaries
-from pipeline.markers import load_markers
+from pipeline.case.call import CARCINOMA, NO_TUMOUR, REFER, SARCOMA, call_case, inputs_from_summaries
+from pipeline.ihc.markers import load_markers
 
 
 @pytest.fixture(scope="module")

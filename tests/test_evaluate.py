@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import MODEL_DIR_NAME, ROOT
-from pipeline.real_metrics import real_metrics
+from pipeline.training.real_metrics import real_metrics
 
 V1 = ROOT / "models" / "triage-smallcnn-v1"
 

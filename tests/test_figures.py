@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from test_summary import make_mini_cohort
 
-from pipeline import figures
 from pipeline.__main__ import main
+from pipeline.outputs import figures
 
 PICTURES = ("heatmap.png", "tissue_overlay.png", "top_tiles.png")
 

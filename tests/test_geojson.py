@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_summary import make_mini_cohort
 
-from pipeline.geojson import (
+from pipeline.outputs.geojson import (
     TILE_NAMESPACE,
     geojson_problems,
     he_tile_features,
@@ -37,8 +37,8 @@ def test_every_geojson_matches_the_schema(cohort):
 
 
 def test_he_tiles_are_classified_squares_at_level0_with_probabilities(cohort):
-    from pipeline.scoring import read_scores
-    from pipeline.tiling import read_tile_grid
+    from pipeline.he.scoring import read_scores
+    from pipeline.slides.tiling import read_tile_grid
 
     collection = _load(cohort, "S1")
     grid = read_tile_grid(cohort / "slides" / "S1" / "tiles.parquet")
@@ -147,7 +147,7 @@ def test_undefined_ihc_metrics_are_left_out_not_null():
 
 
 def test_douglas_peucker_keeps_corners_and_drops_collinear_points():
-    from pipeline.geojson import simplify_line
+    from pipeline.outputs.geojson import simplify_line
 
     square = np.array([[0, 0], [5, 0], [10, 0], [10, 5], [10, 10], [5, 10.2], [0, 10], [0, 5], [0, 0]], float)
     out = simplify_line(square, 0.5)

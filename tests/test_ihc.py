@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, write_pyramid_tiff
-from pipeline import ihc, stain
-from pipeline.ihc import IhcParams
-from pipeline.markers import load_markers
+from pipeline.ihc import quantify as ihc
+from pipeline.ihc import stain
+from pipeline.ihc.markers import load_markers
+from pipeline.ihc.quantify import IhcParams
 
 PARAMS = IhcParams()
 
@@ -229,8 +230,8 @@ def test_stain_check_on_real_images(shared_data):
 
 # ---- slides end to end ----------------------------------------------------------------------------------
 def _grid_files(tmp_path, slide_path, slide_id, qc_status="ok", tile_um=224.0):
-    from pipeline.slide import open_slide
-    from pipeline.tiling import TileGrid, write_tile_grid
+    from pipeline.slides.reader import open_slide
+    from pipeline.slides.tiling import TileGrid, write_tile_grid
 
     with open_slide(slide_path) as slide:
         w, h = slide.dimensions
@@ -360,7 +361,7 @@ def test_ki67_agrees_between_scanners(tmp_path, shared_data, kb):
     Measured (whole-slide grid of 224 um tiles): NDPI 25.0 %, VSI 26.0 % positive nuclei (difference 1.0 pp).
     A fixed 0.2 OD nuclear cut gave 20.2 % vs 10.1 %: the VSI scan renders every OD about 0.55x.
     """
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     values = {}
     for name in ("OS-2-ndpi.ome.tif", "OS-2-vsi.ome.tif"):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import TriageError
-from pipeline.labelled_images import image_tiles, model_label, parse_assume_mpp, read_labels
+from pipeline.training.labelled_images import image_tiles, model_label, parse_assume_mpp, read_labels
 
 
 def _write(tmp_path, rows, header="path,label,source,mpp"):

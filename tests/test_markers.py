@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, SAMPLE_SHEET
 from pipeline.config import known_stains
 from pipeline.errors import ConfigError
-from pipeline.markers import check_markers, is_nuclear, load_markers, marker_entry
+from pipeline.ihc.markers import check_markers, is_nuclear, load_markers, marker_entry
 
 KB_PATH = ROOT / "configs" / "markers.yaml"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.errors import ModelError
-from pipeline.models import (
+from pipeline.he.models import (
     ARCHITECTURES,
     CLASSES,
     INTENDED_USE,

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import MODEL_DIR_NAME, ROOT, require_sample_cohort
-from pipeline.labelled_images import image_tiles, load_rgb
+from pipeline.training.labelled_images import image_tiles, load_rgb
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    from pipeline.models import load_model
+    from pipeline.he.models import load_model
 
     return load_model(ROOT / "models" / MODEL_DIR_NAME)
 

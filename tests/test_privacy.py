@@ -85,7 +85,7 @@ def test_no_identifying_string_in_any_output(outputs):
 def test_summary_keeps_only_allowlisted_properties(outputs):
     import json
 
-    from pipeline.slide import safe_properties
+    from pipeline.slides.reader import safe_properties
 
     _, results = outputs
     summary = json.loads((results / "slides/P1/summary.json").read_text())
@@ -185,7 +185,7 @@ def test_no_identifying_property_of_any_real_format_reaches_an_output(name, tmp_
     slide = shared / name
     if not slide.is_file():
         pytest.skip(f"real reference slide not found at {slide} (present in CI; absent in a fresh clone)")
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     try:
         with open_slide(slide, mpp=1.0) as s:

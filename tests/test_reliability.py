@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, absolute_sheet, require_sample_cohort, snakemake_cmd
-from pipeline import synth
+from pipeline.synth import make_slides as synth
 
 # run metadata records when and where a run happened, and the effective config (results/config.yaml) names the
 # run's own sample sheet file; everything else must be byte-identical

@@ -16,7 +16,7 @@ from test_summary import SLIDES, make_mini_cohort, make_slides, run_stages
 
 from conftest import ROOT
 from pipeline import DISCLAIMER
-from pipeline.report import check_results, render_html, worklist_rows, worklist_tsv
+from pipeline.outputs.report import check_results, render_html, worklist_rows, worklist_tsv
 
 
 @pytest.fixture(scope="module")

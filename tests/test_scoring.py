@@ -11,15 +11,15 @@ import pytest
 from test_models import write_model
 
 from conftest import blob_image, write_pyramid_tiff
-from pipeline.scoring import read_scores, score_tiles
-from pipeline.tiling import TileGrid, read_tile_grid, write_tile_grid
+from pipeline.he.scoring import read_scores, score_tiles
+from pipeline.slides.tiling import TileGrid, read_tile_grid, write_tile_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _grid(slide_path, meta_overrides=None, tile_px=224, target_mpp=1.0):
     """Every whole tile of the slide (no tissue detection), as tile-slide would write it."""
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     with open_slide(slide_path) as s:
         size0 = tile_px * target_mpp / s.mpp
@@ -80,7 +80,7 @@ def test_score_tiles_cli_on_generated_slide(gen_slide, model_dir, tmp_path):
 
 
 def test_readers_and_precisions_agree(gen_slide, model_dir):
-    from pipeline.models import load_model
+    from pipeline.he.models import load_model
 
     model, card = load_model(model_dir)
     grid = _grid(gen_slide)
@@ -144,8 +144,8 @@ def test_model_without_ood_statistics_is_refused(gen_slide, tmp_path, capsys, la
 def test_opt_out_scores_without_ood_and_every_output_says_so(gen_slide, tmp_path, capsys):
     """slide_call.require_ood: false (--allow-no-ood): scored, no ood_score column, and the summary, worklist
     and review page say "no out-of-distribution check"."""
-    from pipeline import report
     from pipeline.__main__ import main
+    from pipeline.outputs import report
 
     model = write_model(tmp_path, ood_scale=0.0, ood=None)
     write_tile_grid(tmp_path / "tiles.parquet", _grid(gen_slide))
@@ -177,7 +177,7 @@ def test_opt_out_scores_without_ood_and_every_output_says_so(gen_slide, tmp_path
 
 def test_shipped_model_has_ood_statistics():
     """The sample cohort keeps its OOD check under the default slide_call.require_ood: true."""
-    from pipeline.models import load_model, missing_ood_statistics
+    from pipeline.he.models import load_model, missing_ood_statistics
 
     assert missing_ood_statistics(*load_model(_shipped_model_dir())) is None
 
@@ -209,12 +209,12 @@ def _shipped_model_dir() -> Path:
 
 def _call_real_slide(path, mpp=None):
     """QC -> tile grid -> scores -> slide call, with the project's default config."""
-    from pipeline.aggregate import call_slide
     from pipeline.config import load_config
-    from pipeline.models import load_model
-    from pipeline.qc import qc_slide
-    from pipeline.slide import open_slide
-    from pipeline.tiling import grid_for_slide
+    from pipeline.he.models import load_model
+    from pipeline.he.slide_call import call_slide
+    from pipeline.slides.qc import qc_slide
+    from pipeline.slides.reader import open_slide
+    from pipeline.slides.tiling import grid_for_slide
 
     config = load_config(ROOT / "configs" / "config.yaml")
     model, card = load_model(_shipped_model_dir())

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import blob_image, write_pyramid_tiff
 from pipeline.errors import SlideError
-from pipeline.slide import (
+from pipeline.slides.reader import (
     MPP_COARSER_TOLERANCE,
     check_resolution,
     ome_mpp,
@@ -321,7 +321,7 @@ def test_one_tiff_reader_shared_by_threads_gives_single_thread_pixels(small_svs)
 @pytest.mark.parametrize("workers,prefetch", [(1, 0), (2, 0), (1, 2), (3, 4)])
 def test_thread_tile_reader_batches_in_grid_order(small_svs, workers, prefetch):
     """Scoring's reader threads (overlapped or in turn with inference) give exactly the slide's tiles."""
-    from pipeline.scoring import ThreadTileReader
+    from pipeline.he.scoring import ThreadTileReader
 
     with open_slide(small_svs) as s:
         xs, ys = _tile_corners(s, 112, 2.0, overhang=False)
@@ -337,7 +337,7 @@ def test_thread_tile_reader_batches_in_grid_order(small_svs, workers, prefetch):
 
 
 def test_reader_plan_overlaps_only_with_a_free_core_or_a_gpu(monkeypatch):
-    from pipeline import scoring
+    from pipeline.he import scoring
 
     monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
     assert scoring.reader_plan("cpu", threads=2) == (2, 0)  # inference fills both cores: read, then infer
@@ -350,7 +350,7 @@ def test_reader_plan_overlaps_only_with_a_free_core_or_a_gpu(monkeypatch):
 
 def test_decode_buffers_avoid_32_byte_alignment():
     """libjpeg-turbo decodes measurably slower into 32-byte-aligned buffers; ours start 16 bytes past 64."""
-    from pipeline.slide import decode_buffer
+    from pipeline.slides.reader import decode_buffer
 
     for shape in [(256, 256, 3), (240, 512, 3), (1, 1, 3)]:
         buf = decode_buffer(shape)

@@ -27,8 +27,8 @@ CLASSES = ["carcinoma", "sarcoma", "non_tumour"]
 
 def fake_scores(path: Path, tiles: Path, seed: int = 0, carcinoma: bool = True) -> None:
     """A scores.parquet as score-tiles writes it, with made-up probabilities (carcinoma-leaning by default)."""
-    from pipeline import scoring
-    from pipeline.tiling import read_tile_grid
+    from pipeline.he import scoring
+    from pipeline.slides.tiling import read_tile_grid
 
     grid = read_tile_grid(tiles)
     n = len(grid)
@@ -137,7 +137,7 @@ def _summary(results: Path, slide_id: str) -> dict:
 
 # ---- tests ----------------------------------------------------------------------------------------------
 def test_summaries_match_the_schema_and_are_canonical(cohort):
-    from pipeline.summary import check_summaries, summary_problems
+    from pipeline.outputs.summary import check_summaries, summary_problems
 
     assert check_summaries(cohort) == {}
     for slide_id in SLIDES:
@@ -148,9 +148,9 @@ def test_summaries_match_the_schema_and_are_canonical(cohort):
 
 
 def test_he_slide_call_is_made_here_from_the_scores(cohort):
-    from pipeline.aggregate import call_slide
     from pipeline.config import load_config
-    from pipeline.scoring import read_scores
+    from pipeline.he.scoring import read_scores
+    from pipeline.he.slide_call import call_slide
 
     s = _summary(cohort, "S1")
     columns, _ = read_scores(cohort / "slides" / "S1" / "scores.parquet")
@@ -208,7 +208,7 @@ def test_summary_is_byte_identical_when_rerun_elsewhere(cohort, tmp_path):
 
 
 def test_fast_hash_sees_size_head_and_tail_and_full_hash_is_sha256(tmp_path):
-    from pipeline.provenance import HEAD_TAIL_BYTES, fast_file_hash, file_sha256
+    from pipeline.outputs.provenance import HEAD_TAIL_BYTES, fast_file_hash, file_sha256
 
     data = bytearray(np.random.default_rng(0).integers(0, 256, 3 * HEAD_TAIL_BYTES, dtype=np.uint8).tobytes())
     p = tmp_path / "f.bin"
@@ -229,7 +229,7 @@ def test_fast_hash_sees_size_head_and_tail_and_full_hash_is_sha256(tmp_path):
 
 def test_provenance_hashes_the_science_not_the_paths():
     from pipeline.config import load_config
-    from pipeline.provenance import science_config_hash
+    from pipeline.outputs.provenance import science_config_hash
 
     config = load_config(CONFIG)
     moved = {**config, "samples": "/elsewhere/samples.tsv", "results": "/tmp/r", "model": "/m"}
@@ -240,7 +240,7 @@ def test_provenance_hashes_the_science_not_the_paths():
 
 
 def test_redact_and_round_floats():
-    from pipeline.summary import redact, round_floats
+    from pipeline.outputs.summary import redact, round_floats
 
     text = "/data/scans/CMU-1.svs: TIFF structure is broken; see CMU-1.svs"
     assert redact(text, "/data/scans/CMU-1.svs") == "<slide file>: TIFF structure is broken; see <slide file>"

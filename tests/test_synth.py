@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline import synth
-from pipeline.synth_tissue import (
+from pipeline.synth import make_slides as synth
+from pipeline.synth.tissue import (
     CLASS_ID,
     CLASSES,
     COARSE,
@@ -154,7 +154,7 @@ def test_every_tissue_class_renders_and_maps_to_a_model_class():
 
 
 def test_compartments_agree_with_the_marker_knowledge_base():
-    from pipeline.markers import load_markers
+    from pipeline.ihc.markers import load_markers
 
     kb = load_markers(ROOT / "configs" / "markers.yaml")
     for marker, compartment in COMPARTMENT.items():

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.tiling import TileGrid, read_tile_grid, tile_grid, write_tile_grid
+from pipeline.slides.tiling import TileGrid, read_tile_grid, tile_grid, write_tile_grid
 
 
 def test_grid_scale_and_tissue_selection():
@@ -50,8 +50,8 @@ def _tile_slide(*args):
 def test_tile_slide_refuses_a_slide_coarser_than_the_tiles(tmp_path):
     from conftest import blob_image, write_pyramid_tiff
     from pipeline.errors import SlideError
-    from pipeline.slide import open_slide
-    from pipeline.tiling import grid_for_slide
+    from pipeline.slides.reader import open_slide
+    from pipeline.slides.tiling import grid_for_slide
 
     slide = write_pyramid_tiff(tmp_path / "coarse.svs", blob_image(1024, 768), mpp=2.0, levels=1, aperio=True)
     proc = _tile_slide("--slide", slide, "--out", tmp_path / "t.parquet")  # 112 px would be enlarged to 224
@@ -76,7 +76,7 @@ def test_tile_slide_on_generated_slide(small_svs, tmp_path):
 
 
 def test_tile_slide_on_real_skin_covers_tissue_not_glass(shared_data, tmp_path):
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     out = tmp_path / "cmu.parquet"
     proc = _tile_slide("--slide", shared_data / "slides" / "cmu_small_region.svs", "--out", out)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.tissue import optical_density, pen_ink_mask, tissue_mask
+from pipeline.slides.tissue import optical_density, pen_ink_mask, tissue_mask
 
 GLASS, HE_PINK, IHC_BLUE, DAB = (242, 242, 242), (210, 130, 180), (175, 185, 215), (150, 105, 60)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import write_pyramid_tiff
-from pipeline.models import load_model
-from pipeline.train_data import (
+from pipeline.he.models import load_model
+from pipeline.training.train_data import (
     SHARED_PATCH_RULES,
     Patch,
     balanced_sampler_weights,
@@ -21,7 +21,7 @@ from pipeline.train_data import (
     rule_split,
     tiles_from_annotations,
 )
-from pipeline.train_metrics import bootstrap_auc_ci, evaluate, fit_temperature, nll, roc_auc, softmax
+from pipeline.training.train_metrics import bootstrap_auc_ci, evaluate, fit_temperature, nll, roc_auc, softmax
 
 CLASSES = ["carcinoma", "sarcoma", "non_tumour"]
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from pipeline.models import load_model
+from pipeline.he.models import load_model
 
 
 @pytest.fixture(scope="module")

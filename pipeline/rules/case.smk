@@ -1,4 +1,4 @@
-# Per case: combine the H&E slide calls and IHC results of every slide of the case (pipeline/case.py).
+# Per case: combine the H&E slide calls and IHC results of every slide of the case (pipeline/case/call.py).
 # Needs from common.smk: CASES, RESULTS, RUN_CONFIG, PIPELINE; each slide's summary.json comes from the
 # summary rule.
 

@@ -8,7 +8,7 @@ from snakemake.utils import validate
 from pipeline import atomic
 from pipeline.config import HE_STAIN, load_samples
 from pipeline.errors import ConfigError
-from pipeline.report import JOBS_COLUMNS
+from pipeline.outputs.report import JOBS_COLUMNS
 
 validate(config, "../schemas/config.schema.yaml")
 

@@ -1,4 +1,4 @@
-# IHC slides: DAB quantification per tile and per slide, with the marker's result (pipeline/ihc.py).
+# IHC slides: DAB quantification per tile and per slide, with the marker's result (pipeline/ihc/quantify.py).
 # Needs from common.smk: SAMPLES, IHC_SLIDES, RESULTS, RUN_CONFIG, PIPELINE, slide_file, mpp_arg.
 
 # Only IHC slides match (an H&E slide has no DAB to quantify); "(?!)" matches nothing when there are none.

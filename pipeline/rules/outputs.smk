@@ -66,21 +66,21 @@ rule draw_slide:
     output:
         heatmap=report(
             f"{RESULTS}/slides/{{slide}}/heatmap.png",
-            caption="../report/heatmap.rst",
+            caption="captions/heatmap.rst",
             category="Slides",
             subcategory="{slide}",
             labels={"slide": "{slide}", "picture": "heatmap"},
         ),
         top_tiles=report(
             f"{RESULTS}/slides/{{slide}}/top_tiles.png",
-            caption="../report/top_tiles.rst",
+            caption="captions/top_tiles.rst",
             category="Slides",
             subcategory="{slide}",
             labels={"slide": "{slide}", "picture": "top tiles"},
         ),
         tissue=report(
             f"{RESULTS}/slides/{{slide}}/tissue_overlay.png",
-            caption="../report/tissue_overlay.rst",
+            caption="captions/tissue_overlay.rst",
             category="Slides",
             subcategory="{slide}",
             labels={"slide": "{slide}", "picture": "tissue overlay"},
@@ -144,7 +144,7 @@ rule make_report:
     output:
         worklist=report(
             f"{RESULTS}/worklist.tsv",
-            caption="../report/worklist.rst",
+            caption="captions/worklist.rst",
             category="Cohort",
             labels={"output": "worklist"},
         ),

@@ -1,5 +1,5 @@
-# H&E slides: score the tile grid with the CNN (pipeline/scoring.py); the slide call is made from these
-# scores by the summary stage (pipeline/aggregate.py). Needs from common.smk: HE_SLIDES, RESULTS, PIPELINE,
+# H&E slides: score the tile grid with the CNN (pipeline/he/scoring.py); the slide call is made from these
+# scores by the summary stage (pipeline/he/slide_call.py). Needs from common.smk: HE_SLIDES, RESULTS, PIPELINE,
 # slide_file, mpp_arg.
 
 import json

@@ -1,4 +1,4 @@
-# Fitting the tile classifier (pipeline/train_model.py): not part of `rule all`. Run it explicitly, e.g.
+# Fitting the tile classifier (pipeline/training/train_model.py): not part of `rule all`. Run it explicitly, e.g.
 #   snakemake --cores 2 results/models/triage-effnetlite0-v2/card.json
 # The candidate lands under results/models/; ship it by copying card.json + weights.pt to models/<model_id>/
 # and pointing the config's `model` at it. Needs from common.smk: RESULTS, PIPELINE.

@@ -456,7 +456,7 @@ def configure_parser(parser) -> None:
 def run(args) -> None:
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.markers import load_markers
+    from pipeline.ihc.markers import load_markers
 
     config = load_config(args.config)
     kb = load_markers(args.markers or config["markers"])

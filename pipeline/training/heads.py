@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.train_data import balanced_weights
+from pipeline.training.train_data import balanced_weights
 
 __all__ = ["balanced_weights", "fit_head", "head_logits", "fit_ood", "ood_distance", "loso_predictions"]
 

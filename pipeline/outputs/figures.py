@@ -389,7 +389,7 @@ def draw_slide(args) -> dict[str, Image.Image]:
 
 def top_tiles_picture(summary: dict, args, groups, title: str) -> Image.Image:
     from pipeline.errors import SlideError
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     tile_px, target_mpp = int(summary["tiles"]["tile_px"]), float(summary["tiles"]["target_mpp"])
     if not args.slide:

@@ -5,8 +5,8 @@ Sources (all resampled to the model's um/px with the patch's own um/px):
 * labelled patch folders -- ``<class>/<image>`` plus a labels CSV (``path``, ``coarse_label``, ``mpp_um``,
   ``dataset``), as ../shared/data/patches. Rows without ``mpp_um`` need an explicit ``--assume-mpp`` for their
   dataset; nothing is guessed silently.
-* synthetic H&E patches from :func:`pipeline.synth.render_patch` (a fresh seed per patch).
-* procedural tissue textures (pipeline/train_textures.py): each class's morphology under random stain colours.
+* synthetic H&E patches from :func:`pipeline.synth.make_slides.render_patch` (a fresh seed per patch).
+* procedural tissue textures (pipeline/training/train_textures.py): each class's morphology under random stain colours.
 * annotated slides: QuPath GeoJSON polygons with a classification name, cut into tiles.
 
 Splits are by case, slide, source or synthetic seed -- never by tile -- so no piece of tissue is in two splits.
@@ -84,7 +84,7 @@ def rule_split(rel_path: str, dataset: str, rules=SHARED_PATCH_RULES) -> tuple[s
 # ---- resampling -------------------------------------------------------------------------------------------
 def resample(image: np.ndarray, image_mpp: float, target_mpp: float) -> np.ndarray:
     """Rescale an RGB image from ``image_mpp`` to ``target_mpp`` um/px (box filter down, bicubic up)."""
-    from pipeline.labelled_images import rescale
+    from pipeline.training.labelled_images import rescale
 
     return rescale(image, image_mpp / target_mpp)
 
@@ -115,7 +115,7 @@ def load_patch_folder(root: str | Path, labels_csv: str | Path, classes: list[st
     """
     from PIL import Image
 
-    from pipeline.labelled_images import read_csv_rows
+    from pipeline.training.labelled_images import read_csv_rows
 
     root = Path(root)
     rows = read_csv_rows(labels_csv)
@@ -166,8 +166,8 @@ def pad_small_patches(patches: list[Patch], tile_px: int, seed: int = 0) -> list
 
 # ---- synthetic patches ------------------------------------------------------------------------------------
 def synth_classes(classes: list[str]) -> dict[int, int]:
-    """Fine synthetic tissue class id -> model class index, from pipeline.synth's COARSE map."""
-    from pipeline import synth
+    """Fine synthetic tissue class id -> model class index, from pipeline.synth.make_slides's COARSE map."""
+    from pipeline.synth import make_slides as synth
 
     coarse = synth.COARSE
     fine_ids = list(coarse) if isinstance(coarse, dict) else list(range(len(synth.CLASSES)))
@@ -178,7 +178,7 @@ def synth_classes(classes: list[str]) -> dict[int, int]:
         if name in classes:
             mapping[int(fine)] = classes.index(name)
     if not mapping:
-        raise TriageError("pipeline.synth.COARSE maps no tissue class to the model's classes")
+        raise TriageError("pipeline.synth.make_slides.COARSE maps no tissue class to the model's classes")
     return mapping
 
 
@@ -189,7 +189,7 @@ def render_synthetic(n_per_class: int, classes: list[str], target_mpp: float, si
     Each patch has its own seed (its own "slide"); splits use disjoint seed ranges. With ``cache_dir`` the
     rendered patches are kept in an .npz keyed by the recipe and the synth module's source hash.
     """
-    from pipeline import synth
+    from pipeline.synth import make_slides as synth
 
     fine = synth_classes(classes)
     by_class: dict[int, list[int]] = {}
@@ -220,10 +220,10 @@ def render_synthetic(n_per_class: int, classes: list[str], target_mpp: float, si
 
 def render_textures(n_per_class: int, classes: list[str], target_mpp: float, size_px: int, seed: int,
                     split: str, workers: int = 2) -> list[Patch]:
-    """``n_per_class`` procedural texture patches per class (pipeline.train_textures), one seed each."""
+    """``n_per_class`` procedural texture patches per class (pipeline.training.train_textures), one seed each."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.train_textures import KINDS, render_texture
+    from pipeline.training.train_textures import KINDS, render_texture
 
     recipe = []
     for cls in classes:
@@ -268,7 +268,7 @@ def tiles_from_annotations(slide_path, annotations_path, classes: list[str], til
     """
     from skimage.measure import points_in_poly
 
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     rng = np.random.default_rng(seed)
     group = Path(slide_path).stem

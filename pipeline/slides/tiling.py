@@ -97,9 +97,9 @@ def grid_for_slide(slide, mask: np.ndarray, mask_mpp: float, tiling: dict, slide
     """Lay the grid over an open slide; metadata records scale, level and the reader's effective um/px.
 
     Raises :class:`SlideError` when the slide is coarser than ``target_mpp`` (beyond
-    :data:`pipeline.slide.MPP_COARSER_TOLERANCE`): its tiles would be enlarged.
+    :data:`pipeline.slides.reader.MPP_COARSER_TOLERANCE`): its tiles would be enlarged.
     """
-    from pipeline.slide import check_resolution
+    from pipeline.slides.reader import check_resolution
 
     check_resolution(slide, tiling["target_mpp"], "the tiles (tiling.target_mpp)")
     level, region_px, effective_mpp = slide.tile_geometry(tiling["tile_px"], tiling["target_mpp"])
@@ -144,7 +144,7 @@ def run(args) -> None:
     from pathlib import Path
 
     from pipeline.config import load_config
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     config = load_config(args.config)
     slide_id = args.slide_id or Path(args.slide).stem
@@ -167,7 +167,7 @@ def run(args) -> None:
 
             grid = failed_grid(slide_id, redact(str(exc), args.slide), tiling)
     else:
-        from pipeline.qc import qc_slide
+        from pipeline.slides.qc import qc_slide
 
         with open_slide(args.slide, mpp=args.mpp) as slide:
             record, _, mask = qc_slide(slide, config)

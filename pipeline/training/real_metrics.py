@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.train_metrics import bootstrap_auc_ci, confusion_matrix, roc_auc
+from pipeline.training.train_metrics import bootstrap_auc_ci, confusion_matrix, roc_auc
 
 
 def _group(probs: np.ndarray, labels: np.ndarray, ood: np.ndarray | None, owners: np.ndarray,

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from pipeline import atomic
 from pipeline.errors import TriageError
-from pipeline.models import CARD_VERSION, CLASSES, INTENDED_USE, TileClassifier, save_weights
-from pipeline.train_data import (
+from pipeline.he.models import CARD_VERSION, CLASSES, INTENDED_USE, TileClassifier, save_weights
+from pipeline.training.train_data import (
     SPLITS,
     Patch,
     balanced_sampler_weights,
@@ -39,7 +39,7 @@ from pipeline.train_data import (
     render_textures,
     tiles_from_annotations,
 )
-from pipeline.train_metrics import evaluate, expected_calibration_error, fit_temperature, nll, softmax
+from pipeline.training.train_metrics import evaluate, expected_calibration_error, fit_temperature, nll, softmax
 
 log = logging.getLogger(__name__)
 EVAL_CROPS_MAX = 4  # evaluation tiles per large patch: up to a 2 x 2 grid of non-overlapping centre crops
@@ -237,7 +237,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", required=True, help="model directory to write (models/<model_id>)")
     parser.add_argument("--model-id", default=None, help="model id (default: the --out directory name)")
     parser.add_argument("--architecture", default="small_cnn",
-                        help="architecture, or several comma-separated to compare (pipeline.models.ARCHITECTURES)")
+                        help="architecture, or several comma-separated to compare (pipeline.he.models.ARCHITECTURES)")
     parser.add_argument("--patches", action="append", default=[],
                         help="labelled patch folder <class>/<image> (repeatable); labels CSV: <folder>/labels.csv")
     parser.add_argument("--assume-mpp", action="append", default=[], metavar="DATASET=MPP",

@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.train_data import balanced_weights
+from pipeline.training.train_data import balanced_weights
 
 
 @torch.no_grad()
 def block_inputs(net, tiles: np.ndarray, k: int, *, augment: bool, grey: bool, seed: int = 0,
                  batch_size: int = 64) -> np.ndarray:
     """(N, C, H, W) float16 activations entering block ``k`` of the ImageNet ``net`` for uint8 RGB tiles."""
-    from pipeline.tile_features import imagenet_batch
+    from pipeline.training.tile_features import imagenet_batch
 
     gen = torch.Generator().manual_seed(seed)
     out = []

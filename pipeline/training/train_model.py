@@ -3,12 +3,12 @@ leave-one-source-out (LOSO) validation, and write ``<out>/weights.pt`` + ``card.
 
 Steps (all seeded; step counts, not wall-clock, decide the result):
 
-1. Real labelled images (``--labels`` CSVs; pipeline.labelled_images), each source a LOSO fold.
+1. Real labelled images (``--labels`` CSVs; pipeline.training.labelled_images), each source a LOSO fold.
 2. ImageNet EfficientNet-Lite0 (frozen) features of training crops (scale jitter, flips, HED colour jitter) and of
    evaluation grid tiles, pooled at several depths (block 10, block 14, head), in colour and in grey.
 3. Candidates: a linear head on each (depth, colour) feature set. For each, every source's evaluation tiles are
    scored by a head fitted without that source: the pooled out-of-fold predictions give the candidate's macro-AUC
-   and tumour-vs-non-tumour AUC (pipeline.real_metrics, the ``evaluate`` verb's code). The highest macro-AUC wins.
+   and tumour-vs-non-tumour AUC (pipeline.training.real_metrics, the ``evaluate`` verb's code). The highest macro-AUC wins.
    The shipped small CNN (``--baseline``) is scored on the same tiles of the sources it never saw.
 4. Calibration: temperature fitted on the winner's out-of-fold logits. OOD: Mahalanobis statistics of all training
    features; the distance scale is the ``--ood-quantile`` of the out-of-fold distances of real tiles from sources
@@ -30,12 +30,12 @@ import torch
 
 from pipeline import atomic
 from pipeline.errors import TriageError
-from pipeline.heads import balanced_weights, fit_head, fit_ood, loso_predictions
-from pipeline.labelled_images import CLASSES, parse_assume_mpp, read_labels
-from pipeline.models import CARD_VERSION, INTENDED_USE, TileClassifier, lite0_name, save_weights
-from pipeline.real_metrics import real_metrics
-from pipeline.tile_features import cached_taps
-from pipeline.train_metrics import expected_calibration_error, fit_temperature, nll, softmax
+from pipeline.he.models import CARD_VERSION, INTENDED_USE, TileClassifier, lite0_name, save_weights
+from pipeline.training.heads import balanced_weights, fit_head, fit_ood, loso_predictions
+from pipeline.training.labelled_images import CLASSES, parse_assume_mpp, read_labels
+from pipeline.training.real_metrics import real_metrics
+from pipeline.training.tile_features import cached_taps
+from pipeline.training.train_metrics import expected_calibration_error, fit_temperature, nll, softmax
 
 log = logging.getLogger(__name__)
 TAPS = (10, 14)
@@ -71,7 +71,7 @@ def fold_of(source: str) -> str:
 
 
 def imagenet_lite0() -> torch.nn.Module:
-    from pipeline.efficientnet_lite import efficientnet_lite0, imagenet_state_dict
+    from pipeline.he.efficientnet_lite import efficientnet_lite0, imagenet_state_dict
 
     net = efficientnet_lite0()
     net.load_state_dict(imagenet_state_dict(), strict=True)
@@ -80,8 +80,8 @@ def imagenet_lite0() -> torch.nn.Module:
 
 def baseline_metrics(model_dir: str, records, args) -> dict | None:
     """The baseline model on the evaluation tiles of the sources its card does not list as training data."""
-    from pipeline.evaluate import score_images
-    from pipeline.models import load_model
+    from pipeline.he.models import load_model
+    from pipeline.training.evaluate import score_images
 
     if not model_dir or not Path(model_dir, "card.json").is_file():
         return None
@@ -98,9 +98,9 @@ def baseline_metrics(model_dir: str, records, args) -> dict | None:
 
 
 def finetune_logits(net, records, folds: np.ndarray, args) -> np.ndarray:
-    """Out-of-fold logits of the partial fine-tuning candidate (pipeline.finetune) on the evaluation tiles."""
-    from pipeline.finetune import block_inputs, loso_finetune
-    from pipeline.tile_features import tile_set
+    """Out-of-fold logits of the partial fine-tuning candidate (pipeline.training.finetune) on the evaluation tiles."""
+    from pipeline.training.finetune import block_inputs, loso_finetune
+    from pipeline.training.tile_features import tile_set
 
     k = args.finetune_block
     tiles, y_tr, o_tr = tile_set(records, args.mpp, args.tile_px, args.train_crops, args.seed)
@@ -289,7 +289,7 @@ def training_data(records, args, folds) -> dict:
 
 @torch.no_grad()
 def bf16_agreement(model, records, args) -> dict:
-    from pipeline.tile_features import tile_set
+    from pipeline.training.tile_features import tile_set
 
     tiles, _, _ = tile_set(records[:: max(1, len(records) // 64)], args.mpp, args.tile_px, 2, None)
     x = torch.from_numpy(tiles)

@@ -1,14 +1,14 @@
 """``python -m pipeline benchmark``: every stage of the triage measured against its physical bound.
 
-For each slide -- generated once by :func:`pipeline.synth.write_slide` (Aperio-style SVS, JPEG tiles, 4x
+For each slide -- generated once by :func:`pipeline.synth.make_slides.write_slide` (Aperio-style SVS, JPEG tiles, 4x
 pyramid, 0.25 um/px, ~40 % tissue) and cached outside the repository, or given with ``--slide`` -- it measures:
 
-* **qc + grid**: tissue detection (:func:`pipeline.qc.qc_slide`) and the tile grid
-  (:func:`pipeline.tiling.grid_for_slide`), in this process;
+* **qc + grid**: tissue detection (:func:`pipeline.slides.qc.qc_slide`) and the tile grid
+  (:func:`pipeline.slides.tiling.grid_for_slide`), in this process;
 * **reading** vs the **decode bound**: the grid's tiles through ``Slide.read_tiles`` on one thread (cold
   cache) against libjpeg-turbo decoding, once each, the JPEG tiles those tiles need, bytes already in memory
-  (:mod:`pipeline.readbench`);
-* **scoring** vs the **compute bound**: :func:`pipeline.scoring.score_tiles` as ``score-tiles`` runs it
+  (:mod:`pipeline.bench.readbench`);
+* **scoring** vs the **compute bound**: :func:`pipeline.he.scoring.score_tiles` as ``score-tiles`` runs it
   against the same model's forward pass (normalisation, backbone, head, OOD) on random tiles, same batches,
   threads, precision and memory format -- reading and the hand-over cost what scoring loses;
 * the **baseline** of the common open tools in the same run: OpenSlide ``read_region`` per tile in a torch
@@ -76,11 +76,11 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def cached_slide(cache_dir: Path, width: int, height: int, seed: int = 0) -> Path:
-    """The generated benchmark slide of this size, written by pipeline.synth the first time it is asked for."""
-    from pipeline import synth
+    """The generated benchmark slide of this size, written by pipeline.synth.make_slides the first time it is asked for."""
+    from pipeline.synth import make_slides as synth
 
     if not hasattr(synth, "write_slide"):
-        raise TriageError("pipeline.synth has no write_slide(); pass existing slides with --slide")
+        raise TriageError("pipeline.synth.make_slides has no write_slide(); pass existing slides with --slide")
     version = getattr(synth, "VERSION", 0)
     path = cache_dir / f"bench-{width}x{height}-mpp{SLIDE_MPP}-seed{seed}-synth{version}.svs"
     if not path.is_file():
@@ -97,7 +97,7 @@ def bench_model(model_dir: str | None, cache_dir: Path, architecture: str) -> tu
     there, else an untrained ``architecture`` written once into the cache (same speed, meaningless scores)."""
     from pipeline.config import load_schema
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if model_dir:
         path = Path(model_dir)
         if not (path / "card.json").is_file():
@@ -117,7 +117,7 @@ def write_untrained_model(directory: Path, architecture: str = "small_cnn") -> P
     """A random-weight classifier with a valid card, for measuring speed without a trained model."""
     import torch
 
-    from pipeline.models import CLASSES, INTENDED_USE, TileClassifier, save_weights
+    from pipeline.he.models import CLASSES, INTENDED_USE, TileClassifier, save_weights
 
     torch.manual_seed(0)
     model = TileClassifier(architecture, len(CLASSES))
@@ -150,9 +150,9 @@ def _best_of(repeats: int, *fns) -> list[float]:
 
 def measure_qc_grid(path: Path, config: dict, repeats: int):
     """Seconds for tissue detection + grid (opening included); returns (figures, grid)."""
-    from pipeline.qc import qc_slide
-    from pipeline.slide import open_slide
-    from pipeline.tiling import grid_for_slide
+    from pipeline.slides.qc import qc_slide
+    from pipeline.slides.reader import open_slide
+    from pipeline.slides.tiling import grid_for_slide
 
     result = {}
 
@@ -175,8 +175,8 @@ def measure_qc_grid(path: Path, config: dict, repeats: int):
 
 def measure_reader(path: Path, xs, ys, tile_px: int, target_mpp: float, batch_size: int, repeats: int) -> dict:
     """Our reader (one thread, cold cache, batches as scoring reads them) against the JPEG decode bound."""
-    from pipeline import readbench
-    from pipeline.slide import TiffSlide, open_slide
+    from pipeline.bench import readbench
+    from pipeline.slides.reader import TiffSlide, open_slide
 
     with open_slide(path) as slide:
         level = slide.tile_geometry(tile_px, target_mpp)[0]
@@ -196,7 +196,7 @@ def measure_reader(path: Path, xs, ys, tile_px: int, target_mpp: float, batch_si
 def _load(model_dir: Path, device: str, channels_last: bool):
     import torch
 
-    from pipeline.models import load_model
+    from pipeline.he.models import load_model
 
     model, card = load_model(model_dir, device)
     return (model.to(memory_format=torch.channels_last) if channels_last else model), card
@@ -224,7 +224,7 @@ def measure_scoring(path: Path, grid, model_dir: Path, *, threads: int, batch_si
     """score_tiles (as the score-tiles verb runs it) against the compute bound, interleaved, best of each."""
     import torch
 
-    from pipeline.scoring import pick_precision, score_tiles
+    from pipeline.he.scoring import pick_precision, score_tiles
 
     torch.set_num_threads(threads)
     model, card = _load(model_dir, device, channels_last=True)
@@ -276,7 +276,7 @@ def measure_baseline(path: Path, grid, model_dir: Path, *, threads: int, batch_s
     import torch
     import torch.utils.data as tud
 
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     torch.set_num_threads(threads)
     model, card = _load(model_dir, "cpu", channels_last=False)
@@ -363,7 +363,7 @@ def measure_end_to_end(slide: Path, workdir: Path, config: Path, model_dir: Path
             rss[stage] = max(rss[stage], peak)
         runs.append(times)
     totals = [sum(r.values()) for r in runs]
-    from pipeline.scoring import read_scores
+    from pipeline.he.scoring import read_scores
 
     scores_meta = read_scores(workdir / "scores.parquet")[1]
     return {"repeats": len(runs), "seconds_median": round(statistics.median(totals), 2),
@@ -458,8 +458,8 @@ def machine() -> dict:
 
     import torch
 
-    from pipeline.provenance import git_commit
-    from pipeline.scoring import _cpu_has_bf16, available_cpus
+    from pipeline.he.scoring import _cpu_has_bf16, available_cpus
+    from pipeline.outputs.provenance import git_commit
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -532,7 +532,7 @@ def configure_parser(parser) -> None:
                         help="model directory (default: the config's model if present, else an untrained small_cnn)")
     parser.add_argument("--architecture", default="small_cnn",
                         help="architecture of the untrained stand-in model when there is no trained one")
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "config.yaml"),
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "configs" / "config.yaml"),
                         help="config whose qc/tiling parameters the stages use (tiling set to the model's scale)")
     parser.add_argument("--threads", type=int, default=2, help="threads per stage, as the workflow's rules (2)")
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch (64, as the rule)")
@@ -548,8 +548,8 @@ def benchmark_slide(path: Path, name: str, config: dict, config_path: Path, mode
                     args) -> dict:
     import torch
 
-    from pipeline.models import read_card
-    from pipeline.tiling import TileGrid
+    from pipeline.he.models import read_card
+    from pipeline.slides.tiling import TileGrid
 
     card = read_card(model_dir)
     tile_px, target_mpp = int(card["tile_px"]), float(card["mpp"])
@@ -606,7 +606,7 @@ def run(args) -> None:
     model_dir, model_text, trained = bench_model(args.model, cache_dir, args.architecture)
     if not trained:
         log.warning("model: %s", model_text)
-    from pipeline.models import read_card
+    from pipeline.he.models import read_card
 
     card = read_card(model_dir)
     config = load_config(args.config)

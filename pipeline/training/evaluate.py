@@ -1,9 +1,9 @@
 """``python -m pipeline evaluate``: a model on a user's labelled real patches.
 
 Input: a labels CSV (``path,label,source,mpp``; ../shared/data/train and ../shared/data/patches' own CSVs are
-read too -- pipeline.labelled_images). Each image is cut into up to ``--tiles-per-image`` tiles on a grid at the
+read too -- pipeline.training.labelled_images). Each image is cut into up to ``--tiles-per-image`` tiles on a grid at the
 model's um/px (smaller images reflect-padded, never enlarged), scored by the model (calibrated probabilities and
-OOD score), and summarised per source and pooled by pipeline.real_metrics -- the same code that writes the card's
+OOD score), and summarised per source and pooled by pipeline.training.real_metrics -- the same code that writes the card's
 figures. Labels outside the model's classes (necrosis, benign tumour, normal...) count as non_tumour. Images
 without a stated um/px are refused unless ``--assume-mpp`` gives one.
 
@@ -38,7 +38,7 @@ def score_images(model, card: dict, records, tiles_per_image: int, batch_size: i
     """(probabilities (N, C), OOD score (N,), true class index (N,), owning record index (N,)) of grid tiles."""
     import torch
 
-    from pipeline.labelled_images import image_tiles, load_rgb
+    from pipeline.training.labelled_images import image_tiles, load_rgb
 
     classes = list(card["classes"])
     probs, ood, labels, owners = [], [], [], []
@@ -61,7 +61,7 @@ def default_model_dir() -> str:
     from pipeline.config import load_schema
 
     rel = load_schema("config")["properties"]["model"]["default"]
-    beside = Path(__file__).resolve().parents[1] / rel
+    beside = Path(__file__).resolve().parents[2] / rel
     return str(beside if beside.is_dir() else rel)
 
 
@@ -71,9 +71,9 @@ def run(args) -> None:
     import torch
 
     from pipeline import atomic
-    from pipeline.labelled_images import parse_assume_mpp, read_labels
-    from pipeline.models import load_model
-    from pipeline.real_metrics import format_table, real_metrics
+    from pipeline.he.models import load_model
+    from pipeline.training.labelled_images import parse_assume_mpp, read_labels
+    from pipeline.training.real_metrics import format_table, real_metrics
 
     torch.set_num_threads(max(1, args.threads))
     model, card = load_model(args.model or default_model_dir())
@@ -84,7 +84,7 @@ def run(args) -> None:
     sources = np.array([records[i].source for i in owners])
     metrics = real_metrics(probs, labels, sources, owners, list(card["classes"]), ood)
     trained = card.get("training_data", {})
-    root = Path(__file__).resolve().parents[1]  # training runs from the repository root
+    root = Path(__file__).resolve().parents[2]  # training runs from the repository root
     folders = {(root / f).resolve() for f in trained.get("patch_folders", [])}  # cards of models trained on folders
     seen = sorted(s for s in metrics["per_source"] if s in set(trained.get("real_sources", []))
                   or Path(args.labels).resolve().parent in folders)

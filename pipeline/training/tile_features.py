@@ -3,8 +3,8 @@
 Public: :func:`tile_set` (records -> tiles, labels, owners), :func:`tap_features` (tiles -> pooled features at
 several depths of EfficientNet-Lite0), :func:`cached_taps` (both, cached on disk by recipe).
 
-Training tiles are random crops with scale jitter, flips and rotations (pipeline.labelled_images.image_tiles)
-and the strong HED stain jitter of Tellez et al. (pipeline.train_data.
+Training tiles are random crops with scale jitter, flips and rotations (pipeline.training.labelled_images.image_tiles)
+and the strong HED stain jitter of Tellez et al. (pipeline.training.train_data.
 colour_augment) -- the real sources differ in stain, scanner and (sarcoma) colour normalisation, so colour must
 not be what a head learns; grey variants drop colour altogether. Evaluation tiles are a plain grid: no augmentation.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.labelled_images import CLASSES, LabelledImage, image_tiles, load_rgb
+from pipeline.training.labelled_images import CLASSES, LabelledImage, image_tiles, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def tile_set(records: list[LabelledImage], target_mpp: float, tile_px: int, n_pe
 def imagenet_batch(tiles: np.ndarray, gen: torch.Generator, *, augment: bool, grey: bool) -> torch.Tensor:
     """uint8 RGB tiles (B, H, W, 3) -> ImageNet-normalised float (B, 3, H, W), channels_last: HED colour jitter
     first when ``augment``, grey (mean of R, G, B) when ``grey`` -- as ``TileClassifier`` does for grey models."""
-    from pipeline.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD
-    from pipeline.train_data import colour_augment
+    from pipeline.he.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.training.train_data import colour_augment
 
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float()
     if augment:
@@ -61,7 +61,7 @@ def imagenet_batch(tiles: np.ndarray, gen: torch.Generator, *, augment: bool, gr
 def tap_features(net, tiles: np.ndarray, taps: tuple[int, ...], *, augment: bool, grey: bool, seed: int = 0,
                  batch_size: int = 64, bf16: bool = True) -> dict[str, np.ndarray]:
     """Pooled features ``{"b<i>": (N, C_i), "head": (N, 1280)}`` of uint8 RGB tiles through an ImageNet
-    EfficientNet-Lite0 ``net`` (pipeline.efficientnet_lite) with ImageNet normalisation; HED colour jitter
+    EfficientNet-Lite0 ``net`` (pipeline.he.efficientnet_lite) with ImageNet normalisation; HED colour jitter
     first when ``augment``; grey (mean of R, G, B) when ``grey`` -- as ``TileClassifier`` does for grey models."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, list[np.ndarray]] = {}

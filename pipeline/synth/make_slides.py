@@ -7,7 +7,7 @@ Writes pyramidal tiled TIFFs that OpenSlide opens with an MPP and objective powe
   properties, so the privacy tests have something to leak);
 * ``tiff``: a generic tiled TIFF with resolution tags (OpenSlide's generic-tiff vendor).
 
-Slides are rendered in bands of level-0 rows by :mod:`pipeline.synth_tissue` (in worker processes) and
+Slides are rendered in bands of level-0 rows by :mod:`pipeline.synth.tissue` (in worker processes) and
 encoded as they come: level 0 goes straight into the file, the reduced levels are accumulated on disk in raw
 temporary files and written afterwards, so memory is bounded by one band (width x 512 px), not the slide.
 The same seed gives byte-identical files. Beside each slide: ``<name>.truth.json`` (what was drawn: classes,
@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import TriageError
-from pipeline.synth_tissue import (  # noqa: F401  (re-exported for pipeline.train_data)
+from pipeline.synth.tissue import (  # noqa: F401  (re-exported for pipeline.training.train_data)
     CLASSES,
     COARSE,
     COMPARTMENT,
@@ -283,7 +283,7 @@ def write_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float 
                     fh.close()
     seconds = time.perf_counter() - t0
     record = {
-        "generator": "pipeline.synth", "version": VERSION, "slide": path.name, "format": fmt, "stain": stain,
+        "generator": "pipeline.synth.make_slides", "version": VERSION, "slide": path.name, "format": fmt, "stain": stain,
         "layout": layout, "seed": seed, "layout_seed": layout_seed, "mpp": mpp, "objective_power": mag,
         "width": width, "height": height, "levels": [list(s) for s in sizes], "artefacts": list(artefacts),
         "labels_png": f"{path.name}.truth.png" if truth else None, "labels_um_per_px": lay.layout_um,
@@ -342,7 +342,7 @@ def _write_job(job: dict) -> dict:
 def _sources_hash() -> str:
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("synth.py", "synth_tissue.py"):
+    for name in ("make_slides.py", "tissue.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 

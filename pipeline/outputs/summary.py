@@ -1,6 +1,6 @@
 """Per-slide summary: everything known about one slide in one byte-stable file, ``summary.json``.
 
-This is where an H&E slide's call is made: :func:`pipeline.aggregate.call_slide` on the tile probabilities of
+This is where an H&E slide's call is made: :func:`pipeline.he.slide_call.call_slide` on the tile probabilities of
 ``scores.parquet`` with the QC verdict. IHC slides carry their ``ihc.json`` (slide totals, marker result,
 stain check) instead. Both get QC status and reasons, the tile grid's scale (effective um/px), the top tiles
 (level-0 pixel coordinates of their top-left corners), provenance and the disclaimer. The layout is
@@ -83,7 +83,7 @@ def no_ood_warning(scores_meta: dict) -> str:
 # ---- the summary --------------------------------------------------------------------------------------
 def slide_call_not_assessed(reason: str, tile_area: float, params: dict | None) -> dict:
     """A ``refer`` slide call, shaped like :func:`call_slide`'s, for a slide that could not be assessed."""
-    from pipeline.aggregate import call_slide
+    from pipeline.he.slide_call import call_slide
 
     empty = np.zeros(0)
     record = call_slide({c: empty for c in CLASSES}, None, "failed", 0.0, tile_area if tile_area > 0 else 1.0,
@@ -95,7 +95,7 @@ def slide_call_not_assessed(reason: str, tile_area: float, params: dict | None) 
 def he_section(scores: tuple[dict, dict] | None, qc: dict, tiles: dict, params: dict | None,
                failure: str | None) -> tuple[dict | None, dict, dict, str | None]:
     """(scores record, slide_call, top_tiles, failure) for an H&E slide from ``read_scores`` output."""
-    from pipeline.aggregate import call_slide
+    from pipeline.he.slide_call import call_slide
 
     area = tiles["tile_area_mm2"] or 0.0
     if scores is None:
@@ -242,7 +242,7 @@ def model_provenance(scores_meta: dict | None) -> dict | None:
 
 def provenance_record(slide_path, config: dict, scores_meta: dict | None, ihc: dict | None,
                       full_hash: bool = False) -> dict:
-    from pipeline import provenance
+    from pipeline.outputs import provenance
 
     slide_file = None
     if slide_path and Path(slide_path).is_file():

@@ -54,7 +54,7 @@ def available_cpus() -> int:
 class ThreadTileReader:
     """Reads batches of tiles with a thread pool.
 
-    A TIFF-family slide read directly (:class:`pipeline.slide.TiffSlide`) is opened once and shared by the
+    A TIFF-family slide read directly (:class:`pipeline.slides.reader.TiffSlide`) is opened once and shared by the
     threads: its segment cache is thread-safe and libjpeg-turbo decodes with the GIL released, so a JPEG tile
     that two neighbouring batches need is decoded once. Other slides are opened once per thread.
 
@@ -82,7 +82,7 @@ class ThreadTileReader:
             return self._shared
         slide = getattr(self._local, "slide", None)
         if slide is None:
-            from pipeline.slide import TiffSlide, open_slide
+            from pipeline.slides.reader import TiffSlide, open_slide
 
             with self._lock:
                 if self._shared is not None:
@@ -250,9 +250,9 @@ def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None
                 threads: int = 2, device: str = "cpu", precision: str = "auto", reader: str = "threads",
                 readers: int | None = None, prefetch: int | None = None,
                 progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
-    """Score every tile of ``grid`` (a :class:`pipeline.tiling.TileGrid`) on the slide at ``slide_path``.
+    """Score every tile of ``grid`` (a :class:`pipeline.slides.tiling.TileGrid`) on the slide at ``slide_path``.
 
-    ``model`` is a :class:`pipeline.models.TileClassifier` already on ``device``. Returns ``(columns, meta)``:
+    ``model`` is a :class:`pipeline.he.models.TileClassifier` already on ``device``. Returns ``(columns, meta)``:
     columns ``x``, ``y`` (int64 level-0), ``prob_<class>`` and ``ood_score`` (float32) in grid order; meta
     has the model, scale, precision and speed. Raises :class:`SlideError` if pixels cannot be read.
 
@@ -348,7 +348,7 @@ def model_meta(card: dict) -> dict:
 def check_ood_statistics(model, card: dict, model_dir, allow_missing: bool) -> bool:
     """True when the model gives an OOD score; False when it cannot and ``allow_missing`` (logged); otherwise
     a one-line :class:`ModelError` naming the model directory and the two fixes."""
-    from pipeline.models import missing_ood_statistics
+    from pipeline.he.models import missing_ood_statistics
 
     missing = missing_ood_statistics(model, card)
     if missing is None:
@@ -392,8 +392,8 @@ def configure_parser(parser) -> None:
 def run(args) -> None:
     import torch
 
-    from pipeline.models import load_model
-    from pipeline.tiling import read_tile_grid
+    from pipeline.he.models import load_model
+    from pipeline.slides.tiling import read_tile_grid
 
     if args.threads < 1 or args.batch_size < 1:
         raise ModelError("--threads and --batch-size must be >= 1")

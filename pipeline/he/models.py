@@ -72,12 +72,12 @@ def _torchvision(name: str) -> Callable[[int], nn.Module]:
 
 
 def _efficientnet_lite0(last_block: int | None = None, grey: bool = False) -> Callable[[int], nn.Module]:
-    """EfficientNet-Lite0 (pipeline/efficientnet_lite.py), pooled after ``last_block`` (None: the full network
+    """EfficientNet-Lite0 (pipeline/he/efficientnet_lite.py), pooled after ``last_block`` (None: the full network
     and its 1280-d head convolution), grey input or colour, and a linear head. The weights -- ImageNet backbone
     and the fitted head -- come from the model's weights file, never from a download."""
 
     def build(num_classes: int) -> nn.Module:
-        from pipeline.efficientnet_lite import efficientnet_lite0
+        from pipeline.he.efficientnet_lite import efficientnet_lite0
 
         return efficientnet_lite0(num_classes, last_block=last_block, grey_input=grey)
 

@@ -13,7 +13,7 @@ Core functions are pure (arrays in, arrays/dicts out):
 ``python -m pipeline quantify-ihc`` is the CLI (rule ``quantify_ihc``), which also draws a contact sheet
 (RGB | haematoxylin | DAB | intensity classes | nuclei) of an image or of a slide's tiles.
 
-Units: OD is log10 optical density along a unit stain vector (see :mod:`pipeline.stain`); x, y are level-0
+Units: OD is log10 optical density along a unit stain vector (see :mod:`pipeline.ihc.stain`); x, y are level-0
 pixels of a grid tile's top-left corner; percentages are 0-100; H-scores 0-300.
 """
 
@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import DISCLAIMER, atomic, stain
-from pipeline.stain import stain_check  # noqa: F401 - re-exported for the summary stage
+from pipeline import DISCLAIMER, atomic
+from pipeline.ihc import stain
+from pipeline.ihc.stain import stain_check  # noqa: F401 - re-exported for the summary stage
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +437,7 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
     ``params.quantify_mpp`` (same physical area, more pixels). Reads are serialised by a lock (the reader's
     tile cache is not thread-safe); deconvolution and nucleus detection run on ``threads`` workers.
     """
-    from pipeline.markers import is_nuclear
+    from pipeline.ihc.markers import is_nuclear
 
     nuclear = is_nuclear(entry)
     tile_px = int(round(grid_size_um / params.quantify_mpp))
@@ -588,7 +589,7 @@ def run(args) -> None:
 
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.markers import is_nuclear, load_markers, marker_entry
+    from pipeline.ihc.markers import is_nuclear, load_markers, marker_entry
 
     config = load_config(args.config)
     params = IhcParams.from_config(config.get("ihc"))
@@ -623,7 +624,7 @@ def image_mpp(path, mpp: float | None, quantify_mpp: float) -> float:
     """The um/px of a plain image given with ``--mpp``: required, plausible, and not coarser than
     ``quantify_mpp`` (an image is never enlarged); raises :class:`SlideError` naming the file and the fix."""
     from pipeline.errors import SlideError
-    from pipeline.slide import check_mpp, resolution_problem
+    from pipeline.slides.reader import check_mpp, resolution_problem
 
     if mpp is None:
         raise SlideError(f"{path}: --image needs --mpp, the image's um/px (a plain image carries none; it is "
@@ -655,8 +656,8 @@ def _read_json(path) -> dict | None:
 
 def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> None:
     from pipeline.errors import SlideError
-    from pipeline.slide import check_resolution, open_slide
-    from pipeline.tiling import read_tile_grid
+    from pipeline.slides.reader import check_resolution, open_slide
+    from pipeline.slides.tiling import read_tile_grid
 
     grid = read_tile_grid(args.tiles)
     slide_id = args.slide_id or grid.meta.get("slide_id") or Path(args.slide).stem
@@ -733,7 +734,7 @@ def _params_record(params: IhcParams) -> dict:
 
 def _slide_contact_sheet(slide, rows, grid_size_um, params, entry, summary, path) -> None:
     """Contact sheet of the slide's most and median positive tiles (by the marker's metric)."""
-    from pipeline.markers import is_nuclear
+    from pipeline.ihc.markers import is_nuclear
 
     metric = entry["reading"]["metric"]
     vals = np.array([-1.0 if r[metric] is None else r[metric] for r in rows])

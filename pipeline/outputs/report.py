@@ -4,7 +4,7 @@
   (:func:`worklist_rows`): priority 0 (failed: no result -- a job of the case failed or its case call is
   missing; the row names the failed job's log), 1 (a tumour call: favours metastatic carcinoma or favours sarcoma;
   conflicting evidence; melanocytic pattern), 2 (refer), 3 (no tumour), as ranked by the case stage
-  (``case.json`` ``priority``, :data:`pipeline.case.CATEGORY_RANK`); within a rank the stronger evidence
+  (``case.json`` ``priority``, :data:`pipeline.case.call.CATEGORY_RANK`); within a rank the stronger evidence
   first. Under each case its failed slides come first, then H&E, then IHC. Every row says why (call reason,
   or the one-line failure reason).
 * ``report.html`` -- one self-contained page: a "decision support, not a diagnosis" notice at the top, the
@@ -36,8 +36,8 @@ import sys
 from pathlib import Path
 
 from pipeline import DISCLAIMER, atomic
-from pipeline.case import CALL_RANK, CATEGORY_RANK, PRIORITY_LABELS
-from pipeline.summary import NO_OOD_CHECK
+from pipeline.case.call import CALL_RANK, CATEGORY_RANK, PRIORITY_LABELS
+from pipeline.outputs.summary import NO_OOD_CHECK
 
 log = logging.getLogger(__name__)
 
@@ -532,8 +532,8 @@ def check_results(results_dir) -> dict[str, list[str]]:
     """
     import csv
 
-    from pipeline.geojson import geojson_problems
-    from pipeline.summary import check_summaries
+    from pipeline.outputs.geojson import geojson_problems
+    from pipeline.outputs.summary import check_summaries
 
     root = Path(results_dir)
     bad = dict(check_summaries(root))
@@ -596,7 +596,7 @@ def _now() -> str:
 
 
 def run(args) -> None:
-    from pipeline.provenance import run_metadata
+    from pipeline.outputs.provenance import run_metadata
 
     started = _now()
     summary_paths, case_paths, stand_ins, failures = list(args.summaries), list(args.cases), [], {}

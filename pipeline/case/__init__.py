@@ -1,0 +1,1 @@
+"""case: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""he: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""ihc: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""slides: see docs/architecture.md."""
