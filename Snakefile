@@ -17,11 +17,11 @@ wildcard_constraints:
 
 
 include: "pipeline/rules/slides.smk"
-include: "pipeline/rules/scoring.smk"
+include: "pipeline/rules/he.smk"
 include: "pipeline/rules/ihc.smk"
 include: "pipeline/rules/outputs.smk"
 include: "pipeline/rules/case.smk"
-include: "pipeline/rules/train.smk"
+include: "pipeline/rules/training.smk"
 
 
 rule all:

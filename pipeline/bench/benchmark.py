@@ -328,7 +328,7 @@ def _run_stage(cmd: list[str], log_path: Path) -> tuple[float, int]:
 
 def stage_commands(slide: Path, out: Path, config: Path, model_dir: Path, threads: int,
                    batch_size: int) -> dict[str, list[str]]:
-    """The workflow's per-slide H&E commands (pipeline/rules/slides.smk, scoring.smk, outputs.smk)."""
+    """The workflow's per-slide H&E commands (pipeline/rules/slides.smk, he.smk, outputs.smk)."""
     py = [sys.executable, "-m", "pipeline"]
     sid = "bench"
     return {

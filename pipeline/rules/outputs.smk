@@ -1,6 +1,6 @@
 # Outputs for people: per-slide summary (where the H&E slide call is made), pictures and QuPath GeoJSON, then the
 # cohort worklist, review page and run metadata. Needs from common.smk: SAMPLES, CASES, HE_STAIN, RESULTS,
-# RUN_CONFIG, PIPELINE, slide_file, mpp_arg. Inputs made by others: scores.parquet (scoring.smk), ihc.json and
+# RUN_CONFIG, PIPELINE, slide_file, mpp_arg. Inputs made by others: scores.parquet (he.smk), ihc.json and
 # ihc.parquet (ihc.smk), case.json (case.smk), named here by path so include order does not matter.
 # Per slide, the analysis results its outputs are made from: CNN scores (H&E) or DAB quantification (IHC).
 # The other kind's entries are empty, and the CLI options for them then take no value.
