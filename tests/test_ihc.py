@@ -11,10 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, write_pyramid_tiff
-from pipeline.ihc import quantify as ihc
 from pipeline.ihc import stain
 from pipeline.ihc.markers import load_markers
-from pipeline.ihc.quantify import IhcParams
+from pipeline.ihc.measure import derived_metrics, quantify_tile
+from pipeline.ihc.nuclei import nucleus_classes
+from pipeline.ihc.params import IhcParams
+from pipeline.ihc.quantify import quantify_ihc
+from pipeline.ihc.reading import distribution, marker_result
+from pipeline.ihc.stain import Deconvolver
+from pipeline.ihc.stain_check import STAIN_CHECK_REFERENCES, stain_check
 
 PARAMS = IhcParams()
 
@@ -82,20 +87,20 @@ def mixed_tile(fractions: dict[float, float], size: int = 200, seed: int = 0) ->
 
 def test_area_fraction_and_h_score_on_known_mixes():
     rgb = mixed_tile({0.3: 0.30, 0.5: 0.20, 0.8: 0.10})  # 1+ 30 %, 2+ 20 %, 3+ 10 %, 0 40 %
-    counts = ihc.quantify_tile(rgb, 0.5, PARAMS, nuclear=False)
-    m = ihc.derived_metrics(counts)
+    counts = quantify_tile(rgb, 0.5, PARAMS, nuclear=False)
+    m = derived_metrics(counts)
     assert m["tissue_pct"] == 100.0
     assert m["area_positive_pct"] == pytest.approx(60.0, abs=0.5)
     assert (m["pct_1plus"], m["pct_2plus"], m["pct_3plus"]) == pytest.approx((30.0, 20.0, 10.0), abs=0.5)
     assert m["h_score"] == pytest.approx(30 + 40 + 30, abs=1.5)
-    negative = ihc.derived_metrics(ihc.quantify_tile(mixed_tile({}), 0.5, PARAMS, nuclear=False))
+    negative = derived_metrics(quantify_tile(mixed_tile({}), 0.5, PARAMS, nuclear=False))
     assert negative["area_positive_pct"] == 0.0 and negative["h_score"] == 0.0
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.05, 0.25, 0.5, 0.9])
 def test_positive_fraction_tracks_truth(fraction):
     rgb = mixed_tile({0.45: fraction}, seed=int(fraction * 100))
-    m = ihc.derived_metrics(ihc.quantify_tile(rgb, 0.5, PARAMS, nuclear=False))
+    m = derived_metrics(quantify_tile(rgb, 0.5, PARAMS, nuclear=False))
     assert m["area_positive_pct"] == pytest.approx(100 * fraction, abs=0.5)
 
 
@@ -103,8 +108,8 @@ def test_glass_is_not_tissue():
     rgb = np.full((200, 200, 3), 240, np.uint8)
     rgb[:, :100] = mixed_tile({0.5: 0.5}, size=200)[:, :100]
     # glass at 240 is empty once the slide's own glass colour is divided out (as quantify_ihc does)
-    deconvolver = ihc.Deconvolver(background=stain.estimate_background(rgb))
-    m = ihc.derived_metrics(ihc.quantify_tile(rgb, 0.5, PARAMS, nuclear=False, deconvolver=deconvolver))
+    deconvolver = Deconvolver(background=stain.estimate_background(rgb))
+    m = derived_metrics(quantify_tile(rgb, 0.5, PARAMS, nuclear=False, deconvolver=deconvolver))
     assert m["tissue_pct"] == pytest.approx(50.0, abs=3.0)
     assert m["area_positive_pct"] == pytest.approx(50.0, abs=3.0)
 
@@ -140,61 +145,61 @@ def nuclei_tile(n_side: int = 8, positive_every: int = 4, mpp: float = 0.5, radi
 @pytest.mark.parametrize("positive_every", [1, 2, 4, 10, 1000])
 def test_percent_positive_nuclei(positive_every):
     rgb, n, pos = nuclei_tile(positive_every=positive_every)
-    counts = ihc.quantify_tile(rgb, 0.5, PARAMS, nuclear=True)
-    m = ihc.derived_metrics(counts)
+    counts = quantify_tile(rgb, 0.5, PARAMS, nuclear=True)
+    m = derived_metrics(counts)
     assert counts["nuclei"] == n
     assert m["nuclei_positive_pct"] == pytest.approx(100.0 * pos / n, abs=0.01)
 
 
 def test_touching_nuclei_are_split():
     rgb, n, pos = nuclei_tile(touching=True, positive_every=3)
-    counts = ihc.quantify_tile(rgb, 0.5, PARAMS, nuclear=True)
+    counts = quantify_tile(rgb, 0.5, PARAMS, nuclear=True)
     assert abs(counts["nuclei"] - n) <= 0.1 * n
-    assert ihc.derived_metrics(counts)["nuclei_positive_pct"] == pytest.approx(100.0 * pos / n, abs=5.0)
+    assert derived_metrics(counts)["nuclei_positive_pct"] == pytest.approx(100.0 * pos / n, abs=5.0)
 
 
 def test_nucleus_size_follows_mpp():
     # the same nuclei drawn at 0.25 um/px are still found once each
     rgb, n, _ = nuclei_tile(mpp=0.25, positive_every=2)
-    assert ihc.quantify_tile(rgb, 0.25, PARAMS, nuclear=True)["nuclei"] == n
+    assert quantify_tile(rgb, 0.25, PARAMS, nuclear=True)["nuclei"] == n
 
 
 def test_brown_not_blue_rule():
     h = np.array([0.40, 0.20, 0.15, 0.02])
     dab = np.array([0.05, 0.15, 0.70, 0.04])
     # blue nucleus with faint DAB bleed: negative; weak brown: 1+; strong brown: 3+; pale speck: negative
-    assert ihc.nucleus_classes(h, dab).tolist() == [0, 1, 3, 0]
+    assert nucleus_classes(h, dab).tolist() == [0, 1, 3, 0]
 
 
 # ---- slide-level result ----------------------------------------------------------------------------------
 def test_marker_result_rules(kb):
     er = kb["markers"]["ER"]
     ok = {"nuclei": 1000}
-    assert ihc.marker_result({**ok, "nuclei_positive_pct": 40.0}, er, PARAMS, 1.0)["call"] == "positive"
-    low = ihc.marker_result({**ok, "nuclei_positive_pct": 4.0}, er, PARAMS, 1.0)
+    assert marker_result({**ok, "nuclei_positive_pct": 40.0}, er, PARAMS, 1.0)["call"] == "positive"
+    low = marker_result({**ok, "nuclei_positive_pct": 4.0}, er, PARAMS, 1.0)
     assert low["call"] == "positive" and low["qualifier"].startswith("low positive")
-    assert ihc.marker_result({**ok, "nuclei_positive_pct": 0.7}, er, PARAMS, 1.0)["call"] == "equivocal"
-    assert ihc.marker_result({**ok, "nuclei_positive_pct": 0.1}, er, PARAMS, 1.0)["call"] == "negative"
-    few = ihc.marker_result({"nuclei": 50, "nuclei_positive_pct": 40.0}, er, PARAMS, 1.0)
+    assert marker_result({**ok, "nuclei_positive_pct": 0.7}, er, PARAMS, 1.0)["call"] == "equivocal"
+    assert marker_result({**ok, "nuclei_positive_pct": 0.1}, er, PARAMS, 1.0)["call"] == "negative"
+    few = marker_result({"nuclei": 50, "nuclei_positive_pct": 40.0}, er, PARAMS, 1.0)
     assert few["call"] == "equivocal" and "50 nuclei" in few["reason"]
-    assert ihc.marker_result({**ok, "nuclei_positive_pct": 40.0}, er, PARAMS, 0.001)["call"] == "not_evaluable"
+    assert marker_result({**ok, "nuclei_positive_pct": 40.0}, er, PARAMS, 0.001)["call"] == "not_evaluable"
     ck = kb["markers"]["CK_AE1AE3"]
-    res = ihc.marker_result({"area_positive_pct": 30.0}, ck, PARAMS, 1.0)
+    res = marker_result({"area_positive_pct": 30.0}, ck, PARAMS, 1.0)
     assert res["call"] == "positive" and res["metric"] == "area_positive_pct" and res["cutoff"] == 5.0
 
 
 def test_distribution_focal_vs_diffuse():
-    assert ihc.distribution(np.array([0, 0, 0, 50, 0, 0, 0, 0, 0, 0.0]), 10, 30)["pattern"] == "focal"
-    assert ihc.distribution(np.array([20, 30, 40, 50, 0.0]), 10, 30)["pattern"] == "diffuse"
-    assert ihc.distribution(np.array([np.nan]), 10, 30)["pattern"] == "none"
+    assert distribution(np.array([0, 0, 0, 50, 0, 0, 0, 0, 0, 0.0]), 10, 30)["pattern"] == "focal"
+    assert distribution(np.array([20, 30, 40, 50, 0.0]), 10, 30)["pattern"] == "diffuse"
+    assert distribution(np.array([np.nan]), 10, 30)["pattern"] == "none"
 
 
 # ---- stain check ---------------------------------------------------------------------------------------
 def eosin_image(size: int = 96) -> np.ndarray:
     """Synthetic H&E: eosin-pink stroma with haematoxylin nuclei, on glass."""
     rng = np.random.default_rng(3)
-    e_vec = stain.STAIN_CHECK_REFERENCES["eosin"]
-    h_vec = stain.STAIN_CHECK_REFERENCES["haematoxylin"]
+    e_vec = STAIN_CHECK_REFERENCES["eosin"]
+    h_vec = STAIN_CHECK_REFERENCES["haematoxylin"]
     e = rng.uniform(0.2, 0.6, (size, size))
     h = np.where(rng.random((size, size)) < 0.2, 0.5, 0.02)
     od = e[..., None] * e_vec + h[..., None] * h_vec
@@ -205,16 +210,16 @@ def eosin_image(size: int = 96) -> np.ndarray:
 
 def test_stain_check_flags_mislabels():
     dab_image = mixed_tile({0.6: 0.5}, size=96)
-    flagged = stain.stain_check(dab_image, "HE")
+    flagged = stain_check(dab_image, "HE")
     assert flagged["probable_mislabel"] and flagged["looks_like"] == "IHC" and flagged["status"] == "warn"
-    assert not stain.stain_check(dab_image, "CK_AE1AE3")["probable_mislabel"]
+    assert not stain_check(dab_image, "CK_AE1AE3")["probable_mislabel"]
     he_image = eosin_image()
-    flagged = stain.stain_check(he_image, "desmin")
+    flagged = stain_check(he_image, "desmin")
     assert flagged["probable_mislabel"] and flagged["looks_like"] == "HE"
-    assert not stain.stain_check(he_image, "HE")["probable_mislabel"]
+    assert not stain_check(he_image, "HE")["probable_mislabel"]
     # a negative IHC (haematoxylin only, no eosin) is not a mislabel
-    assert not stain.stain_check(mixed_tile({}, size=96), "desmin")["probable_mislabel"]
-    assert stain.stain_check(np.full((32, 32, 3), 250, np.uint8), "HE")["status"] == "not_evaluable"
+    assert not stain_check(mixed_tile({}, size=96), "desmin")["probable_mislabel"]
+    assert stain_check(np.full((32, 32, 3), 250, np.uint8), "HE")["status"] == "not_evaluable"
 
 
 def test_stain_check_on_real_images(shared_data):
@@ -222,10 +227,10 @@ def test_stain_check_on_real_images(shared_data):
 
     ihc_png = np.asarray(Image.open(shared_data / "images" / "ihc.png").convert("RGB"))
     histo = np.asarray(Image.open(shared_data / "images" / "histo.jpg").convert("RGB"))
-    assert stain.stain_check(ihc_png, "HE")["probable_mislabel"]
-    assert not stain.stain_check(ihc_png, "CK_AE1AE3")["probable_mislabel"]
-    assert stain.stain_check(histo, "CK_AE1AE3")["probable_mislabel"]
-    assert not stain.stain_check(histo, "HE")["probable_mislabel"]
+    assert stain_check(ihc_png, "HE")["probable_mislabel"]
+    assert not stain_check(ihc_png, "CK_AE1AE3")["probable_mislabel"]
+    assert stain_check(histo, "CK_AE1AE3")["probable_mislabel"]
+    assert not stain_check(histo, "HE")["probable_mislabel"]
 
 
 # ---- slides end to end ----------------------------------------------------------------------------------
@@ -372,7 +377,7 @@ def test_ki67_agrees_between_scanners(tmp_path, shared_data, kb):
             ys = np.round(np.arange(int(slide.dimensions[1] // size0)) * size0).astype(np.int64)
             gx, gy = (a.ravel() for a in np.meshgrid(xs, ys))
             thumb, _ = slide.read_downsampled(PARAMS.thumb_mpp)
-            _, summary = ihc.quantify_ihc(slide, gx, gy, 224.0, kb["markers"]["Ki67"], PARAMS, 2, thumb)
+            _, summary = quantify_ihc(slide, gx, gy, 224.0, kb["markers"]["Ki67"], PARAMS, 2, thumb)
         values[name] = summary["metrics"]["nuclei_positive_pct"]
         assert summary["metrics"]["nuclei"] > 500
     print(f"OS-2 Ki-67 index: {values}")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, SHARED_DATA, blob_image, require_sample_cohort, write_pyramid_tiff
 from pipeline.config import load_config
-from pipeline.ihc.stain import stain_check
+from pipeline.ihc.stain_check import stain_check
 from pipeline.slides.qc import he_check_params, judge, qc_slide, sharpness, thumbnail_mpp
 from pipeline.slides.reader import open_slide
 

@@ -19,7 +19,7 @@ import numpy as np
 from pipeline import atomic
 from pipeline.config import HE_STAIN
 from pipeline.errors import SlideError
-from pipeline.ihc.stain import stain_check
+from pipeline.ihc.stain_check import stain_check
 from pipeline.slides.reader import Slide, open_slide, resolution_problem
 from pipeline.slides.tissue import optical_density, pen_ink_mask, tissue_mask
 
