@@ -39,7 +39,7 @@ def write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float | None, levels:
     """Write ``image`` as a tiled pyramidal TIFF: Aperio-style SVS or generic TIFF with resolution tags."""
     import tifffile
 
-    from pipeline.slides.reader import resize_rgb
+    from pipeline.slides.slide import resize_rgb
 
     pyramid = [image]
     for _ in range(1, levels):

@@ -85,7 +85,7 @@ def test_no_identifying_string_in_any_output(outputs):
 def test_summary_keeps_only_allowlisted_properties(outputs):
     import json
 
-    from pipeline.slides.reader import safe_properties
+    from pipeline.slides.slide import safe_properties
 
     _, results = outputs
     summary = json.loads((results / "slides/P1/summary.json").read_text())

@@ -7,14 +7,9 @@ import pytest
 
 from conftest import blob_image, write_pyramid_tiff
 from pipeline.errors import SlideError
-from pipeline.slides.reader import (
-    MPP_COARSER_TOLERANCE,
-    check_resolution,
-    ome_mpp,
-    open_slide,
-    resolution_problem,
-    safe_properties,
-)
+from pipeline.slides.reader import open_slide
+from pipeline.slides.resolution import MPP_COARSER_TOLERANCE, check_resolution, ome_mpp, resolution_problem
+from pipeline.slides.slide import safe_properties
 
 
 def test_generic_tiff_mpp_and_levels(small_slide):
@@ -350,7 +345,7 @@ def test_reader_plan_overlaps_only_with_a_free_core_or_a_gpu(monkeypatch):
 
 def test_decode_buffers_avoid_32_byte_alignment():
     """libjpeg-turbo decodes measurably slower into 32-byte-aligned buffers; ours start 16 bytes past 64."""
-    from pipeline.slides.reader import decode_buffer
+    from pipeline.slides.tiff_slide import decode_buffer
 
     for shape in [(256, 256, 3), (240, 512, 3), (1, 1, 3)]:
         buf = decode_buffer(shape)

@@ -54,7 +54,7 @@ def available_cpus() -> int:
 class ThreadTileReader:
     """Reads batches of tiles with a thread pool.
 
-    A TIFF-family slide read directly (:class:`pipeline.slides.reader.TiffSlide`) is opened once and shared by the
+    A TIFF-family slide read directly (:class:`pipeline.slides.tiff_slide.TiffSlide`) is opened once and shared by the
     threads: its segment cache is thread-safe and libjpeg-turbo decodes with the GIL released, so a JPEG tile
     that two neighbouring batches need is decoded once. Other slides are opened once per thread.
 
@@ -82,7 +82,8 @@ class ThreadTileReader:
             return self._shared
         slide = getattr(self._local, "slide", None)
         if slide is None:
-            from pipeline.slides.reader import TiffSlide, open_slide
+            from pipeline.slides.reader import open_slide
+            from pipeline.slides.tiff_slide import TiffSlide
 
             with self._lock:
                 if self._shared is not None:

@@ -192,7 +192,7 @@ def image_mpp(path, mpp: float | None, quantify_mpp: float) -> float:
     """The um/px of a plain image given with ``--mpp``: required, plausible, and not coarser than
     ``quantify_mpp`` (an image is never enlarged); raises :class:`SlideError` naming the file and the fix."""
     from pipeline.errors import SlideError
-    from pipeline.slides.reader import check_mpp, resolution_problem
+    from pipeline.slides.resolution import check_mpp, resolution_problem
 
     if mpp is None:
         raise SlideError(f"{path}: --image needs --mpp, the image's um/px (a plain image carries none; it is "
@@ -214,7 +214,8 @@ def _read_json(path) -> dict | None:
 
 def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> None:
     from pipeline.errors import SlideError
-    from pipeline.slides.reader import check_resolution, open_slide
+    from pipeline.slides.reader import open_slide
+    from pipeline.slides.resolution import check_resolution
     from pipeline.slides.tiling import read_tile_grid
 
     grid = read_tile_grid(args.tiles)

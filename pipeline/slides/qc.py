@@ -6,7 +6,7 @@ with reasons a reviewer should know: blur, pen ink, little tissue); ``failed`` (
 
 Given the slide's stain from the sample sheet (``--stain``), QC also fails a slide that cannot be what its
 analysis needs: scanned coarser than the um/px the analysis reads (tiling.target_mpp for H&E, ihc.quantify_mpp
-for IHC; see :func:`pipeline.slides.reader.resolution_problem`), or labelled HE while its colour says DAB
+for IHC; see :func:`pipeline.slides.resolution.resolution_problem`), or labelled HE while its colour says DAB
 immunohistochemistry (:func:`pipeline.ihc.stain.stain_check`; IHC slides are checked by ``quantify-ihc``).
 """
 
@@ -20,7 +20,9 @@ from pipeline import atomic
 from pipeline.config import HE_STAIN
 from pipeline.errors import SlideError
 from pipeline.ihc.stain_check import stain_check
-from pipeline.slides.reader import Slide, open_slide, resolution_problem
+from pipeline.slides.reader import open_slide
+from pipeline.slides.resolution import resolution_problem
+from pipeline.slides.slide import Slide
 from pipeline.slides.tissue import optical_density, pen_ink_mask, tissue_mask
 
 log = logging.getLogger(__name__)

@@ -97,9 +97,9 @@ def grid_for_slide(slide, mask: np.ndarray, mask_mpp: float, tiling: dict, slide
     """Lay the grid over an open slide; metadata records scale, level and the reader's effective um/px.
 
     Raises :class:`SlideError` when the slide is coarser than ``target_mpp`` (beyond
-    :data:`pipeline.slides.reader.MPP_COARSER_TOLERANCE`): its tiles would be enlarged.
+    :data:`pipeline.slides.resolution.MPP_COARSER_TOLERANCE`): its tiles would be enlarged.
     """
-    from pipeline.slides.reader import check_resolution
+    from pipeline.slides.resolution import check_resolution
 
     check_resolution(slide, tiling["target_mpp"], "the tiles (tiling.target_mpp)")
     level, region_px, effective_mpp = slide.tile_geometry(tiling["tile_px"], tiling["target_mpp"])
