@@ -216,3 +216,4 @@ def test_inputs_from_summaries_and_cli(tmp_path, kb):
     result = json.loads(out.read_text())
     assert result["call"] == CARCINOMA and result["suggested_primary"].startswith("breast")
     assert result["case_id"] == "A"
+    assert [r["id"] for r in result["rules_fired"]] == ["ihc_carcinoma"] and result["rules_fired"][0]["text"]
