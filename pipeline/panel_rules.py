@@ -172,7 +172,8 @@ def describe(name: str, facts: dict, groups: dict) -> str:
                                       if results.get(m, {}).get("call") == "failed") + ")"
     if status == "not_done":
         read = [f"{m} {results[m]['call']}" for m in members if m in results]
-        return "not done" + (f" ({', '.join(needs)} not done; {'; '.join(read)})" if read else "")
+        missing = [m for m in (needs or members) if m not in results]
+        return "not done" + (f" ({', '.join(missing)} not done; {'; '.join(read)})" if read else "")
     shown = [m for m in members if results.get(m, {}).get("call") == status]
     return f"{status} ({', '.join(shown)})" if len(members) > 1 else status
 
