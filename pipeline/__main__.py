@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "draw-slide": ("pipeline.outputs.figures", "draw heatmap, tissue overlay and top-tile pictures"),
     "export-geojson": ("pipeline.outputs.geojson", "write QuPath GeoJSON of tiles and tissue outline"),
     "call-case": ("pipeline.case.call", "combine a case's H&E and IHC evidence into a case call"),
+    "panel": ("pipeline.case.panel", "a case typed by hand (H&E call, marker results) through the panel rules"),
     "make-report": ("pipeline.outputs.report", "write the cohort worklist and HTML review page"),
     "train": ("pipeline.training.train", "train a small CNN end to end (the v1 baseline) and write weights + card"),
     "train-model": ("pipeline.training.train_model", "fit the tile classifier on real images; select by leave-one-source-out"),

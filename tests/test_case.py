@@ -104,7 +104,7 @@ def test_myoepithelial_and_epithelioid_sarcoma_patterns(kb):
     out = case(kb, [he("carcinoma")], [ihc("CK_AE1AE3", "positive"), ihc("S100", "positive")])
     assert out["call"] == REFER and "myoepithelial" in {c["rule"] for c in out["conflicts"]}
     out = case(kb, [], [ihc("CK_AE1AE3", "positive"), ihc("CD34", "positive")])
-    assert out["call"] == REFER and "epithelioid_sarcoma" in {c["rule"] for c in out["conflicts"]}
+    assert out["call"] == REFER and "keratin_vascular" in {c["rule"] for c in out["conflicts"]}
 
 
 def test_keratin_and_desmin_coexpression(kb):
@@ -118,14 +118,19 @@ def test_he_carcinoma_keratin_negative_refers(kb):
 
 
 def test_er_alone_is_not_enough_and_uterine_lms_pitfall(kb):
-    out = case(kb, [he("sarcoma")], [ihc("desmin", "positive"), ihc("ER", "positive", 60)])
-    assert out["call"] == SARCOMA
-    assert any("uterine" in n for n in out["notes"])
+    # ER/PR without keratin refer (uterine leiomyosarcoma and endometrial stromal sarcoma express them), even
+    # with keratin done and negative; the reason says why
+    for keratin in ([], [ihc("CK_AE1AE3", "negative")]):
+        out = case(kb, [he("sarcoma")], [ihc("desmin", "positive"), ihc("ER", "positive", 60), *keratin])
+        assert out["call"] == REFER and "er_pr_without_keratin" in {r["id"] for r in out["rules_fired"]}
+        assert "uterine leiomyosarcoma" in out["reason"]
+        assert any("uterine" in n for n in out["notes"])
 
 
 def test_no_ihc_says_what_would_help(kb):
-    out = case(kb, [he("sarcoma", 0.9)], [])
-    assert out["call"] == SARCOMA and out["basis"] == "H&E"
+    out = case(kb, [he("sarcoma", 0.9)], [])  # a sarcoma call needs keratin done and negative
+    assert out["call"] == REFER and out["basis"] == "H&E"
+    assert [r["id"] for r in out["rules_fired"]] == ["sarcoma_needs_keratin"]
     assert any("pan-keratin and desmin would separate" in h for h in out["would_help"])
     out = case(kb, [he("sarcoma", 0.9)], [], he_only_calls=False)
     assert out["call"] == REFER
@@ -174,7 +179,7 @@ def test_priority_orders_the_worklist(kb):
         "carcinoma": case(kb, [he("carcinoma")], [ihc("CK_AE1AE3", "positive")]),
         "conflict": case(kb, [he("sarcoma")], [ihc("CK_AE1AE3", "positive")]),
         "refer": case(kb, [he("refer", 0.3)], []),
-        "sarcoma": case(kb, [he("sarcoma")], [ihc("desmin", "positive")]),
+        "sarcoma": case(kb, [he("sarcoma")], [ihc("desmin", "positive"), ihc("CK_AE1AE3", "negative")]),
         "none": case(kb, [he("no_tumour", burden=0.0)], []),
     }
     order = sorted(calls, key=lambda k: calls[k]["priority"]["sort_key"])
@@ -211,3 +216,4 @@ def test_inputs_from_summaries_and_cli(tmp_path, kb):
     result = json.loads(out.read_text())
     assert result["call"] == CARCINOMA and result["suggested_primary"].startswith("breast")
     assert result["case_id"] == "A"
+    assert [r["id"] for r in result["rules_fired"]] == ["ihc_carcinoma"] and result["rules_fired"][0]["text"]

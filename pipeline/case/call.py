@@ -11,15 +11,15 @@ Reasoning, in order:
 1. Slides that failed QC or quantification, or look mislabelled (stain check), are excluded.
 2. H&E: the usable slide calls (confidence >= ``he_min_confidence``) agree on carcinoma / sarcoma /
    no tumour, disagree (conflict), or are uncertain.
-3. IHC: each positive marker adds its knowledge-base ``weight`` to the lineage it ``supports``; a lineage is
-   supported by IHC at ``lineage_evidence_min`` (pan-keratin or desmin alone suffice; ER alone does not). A
-   negative pan-keratin argues against carcinoma.
-4. Pitfall patterns and conflicts -> refer: melanocytic (S100/SOX10+, keratin-), haematolymphoid,
-   myoepithelial (keratin with S100/SOX10 or SMA+p63/p40), keratin + CD34 (epithelioid sarcoma), keratin +
-   myoid co-expression (synovial sarcoma, DSRCT, sarcomatoid carcinoma), H&E vs IHC disagreement, keratin-
-   negative "carcinoma", H&E slides that disagree.
-5. Otherwise the supported lineage (IHC, H&E, or both) gives the call; a carcinoma gets the matching
-   ``site_patterns`` of the knowledge base as primary-site candidates.
+3. IHC: one result per marker (the strongest over its slides); a marker whose every slide was excluded is
+   ``failed``, never "not done". Each positive marker adds its knowledge-base ``weight`` to the lineage it
+   ``supports`` (enough at ``lineage_evidence_min``: pan-keratin or desmin alone; ER alone is not).
+4. The panel rules table (configs/panel_rules.yaml, applied by :mod:`pipeline.case.panel_rules`) gives the call:
+   every pitfall pattern that matches fires and means refer (melanocytic marker, lymphoma, myoepithelial,
+   keratin + vascular marker, co-expression, keratin/EMA in a sarcoma-like H&E, keratin-negative "carcinoma",
+   ER/PR without keratin, a sarcoma without a negative keratin, ...); otherwise the first matching call
+   rule. The output lists the rules that fired (``rules_fired``) and the stains that would help.
+5. A carcinoma gets the matching ``site_patterns`` of the knowledge base as primary-site candidates.
 
 Priority (worklist order, 0 first; :data:`CATEGORY_RANK`): 0 = failed, no result (a job of the case
 failed, so there is no call to trust: the report lists it with the failed job's log; never made here);
@@ -36,6 +36,7 @@ import logging
 from pathlib import Path
 
 from pipeline import DISCLAIMER, atomic
+from pipeline.case import panel_rules
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,14 @@ PRIORITY_LABELS = {
 CATEGORY_RANK = {"failed": 0, "carcinoma": 1, "sarcoma": 1, "conflict": 1, "melanocytic": 1, "insufficient": 2,
                  "no_tumour": 3}
 CALL_RANK = {CARCINOMA: 1, SARCOMA: 1, REFER: 2, NO_TUMOUR: 3}  # when only the call is known (refer: 2)
-# Panels suggested when nothing has been done yet, and per lineage.
-LINEAGE_PANEL = ["CK_AE1AE3", "desmin"]
-SARCOMA_PANEL = {"desmin": "smooth/skeletal muscle", "SMA": "smooth muscle/myofibroblastic",
-                 "h_caldesmon": "smooth muscle", "myogenin": "skeletal muscle", "CD34": "vascular/fibroblastic",
-                 "CD31": "vascular", "ERG": "vascular", "S100": "nerve sheath", "SOX10": "nerve sheath/melanocytic"}
+# Stains suggested for a carcinoma: a site panel when no site pattern matched, or what settles the leading site.
 SITE_PANEL = {"CK7": "CK7/CK20 pattern", "CK20": "CK7/CK20 pattern", "GATA3": "breast/urothelial",
               "ER": "breast/gynaecological", "TTF1": "lung/thyroid", "p40": "squamous",
               "p16": "HPV-associated squamous (cervix, oropharynx)", "CDX2": "colorectal",
               "PAX8": "Mullerian/renal/thyroid"}
+SITE_HELP = {"breast": (["GATA3", "ER"], "breast markers"),
+             "squamous": (["p16"], "block-type p16 points to HPV-associated sites (cervix, oropharynx)"),
+             "lung": (["NapsinA", "PAX8"], "lung vs thyroid")}
 
 
 # ---- inputs -----------------------------------------------------------------------------------------
@@ -163,13 +163,6 @@ def combine_marker_results(results: list[dict]) -> dict[str, dict]:
     return combined
 
 
-def _fmt_value(r: dict) -> str:
-    if r.get("value") is None:
-        return "n/a"
-    unit = "" if r.get("metric") == "h_score" else " %"
-    return f"{r['value']:g}{unit} ({r.get('metric')}, cut-off {r.get('cutoff'):g}{unit})"
-
-
 def site_candidates(markers: dict[str, dict], kb: dict) -> list[dict]:
     """Site patterns of the knowledge base matched by the positive markers, best supported first."""
     positive = {m for m, r in markers.items() if r["call"] == "positive"}
@@ -188,71 +181,67 @@ def site_candidates(markers: dict[str, dict], kb: dict) -> list[dict]:
     return out
 
 
-# ---- the call -----------------------------------------------------------------------------------------
-def call_case(he_calls: list[dict], ihc_results: list[dict], kb: dict, params: dict | None = None,
-              case_id: str = "") -> dict:
-    """Combine H&E calls and IHC results of one case into a triage call with evidence (pure function).
-
-    ``he_calls``: dicts with slide_id, call (carcinoma | sarcoma | no_tumour | refer), confidence, reason,
-    tumour_burden, qc_status, qc_reasons[, stain_check, status]. ``ihc_results``: dicts with slide_id, marker,
-    status, call (positive | negative | equivocal | not_evaluable), metric, value, cutoff, qualifier, reason,
-    qc_status[, stain_check, internal_control, distribution, warnings]. :func:`inputs_from_summaries` builds
-    both from summary.json files. ``kb`` is the loaded marker knowledge base, ``params`` the ``case`` config.
-    """
-    p = {**DEFAULT_PARAMS, **(params or {})}
-    evidence, conflicts, would_help, notes, excluded = [], [], [], [], []
-
-    usable_he = []
+# ---- evidence -----------------------------------------------------------------------------------------
+def split_usable(he_calls: list[dict], ihc_results: list[dict], kb: dict) -> tuple[list, list, list]:
+    """(usable H&E calls, usable IHC results, excluded slides with the reason each is not used)."""
+    usable_he, usable_ihc, excluded = [], [], []
     for he in he_calls:
         why = _unusable_he(he)
         if why:
             excluded.append({"slide_id": he["slide_id"], "stain": HE_STAIN, "reason": why})
         else:
             usable_he.append(he)
-            conf = he.get("confidence")
-            note = he.get("reason", "")
-            if he["call"] == "refer" and he.get("leading_call"):
-                lead_conf = he.get("leading_confidence")
-                note += f"; leaning {he['leading_call']}" + (f" ({lead_conf:.2f})" if lead_conf is not None else "")
-            if he.get("tumour_burden") is not None:
-                note += f"; tumour burden {he['tumour_burden']:.2f}"
-            evidence.append({
-                "slide_id": he["slide_id"], "stain": HE_STAIN, "kind": "H&E slide call", "finding": he["call"],
-                "value": conf, "metric": "confidence", "cutoff": p["he_min_confidence"],
-                "supports": he["call"] if he["call"] in {"carcinoma", "sarcoma", "no_tumour"} else "none",
-                "weight": None, "note": note.strip("; ")})
-    he = he_consensus(usable_he, p["he_min_confidence"])
-
-    usable_ihc = []
     for r in ihc_results:
         why = _unusable_ihc(r, kb)
         if why:
             excluded.append({"slide_id": r["slide_id"], "stain": r.get("marker"), "reason": why})
         else:
             usable_ihc.append(r)
-    markers = combine_marker_results(usable_ihc)
-    kbm = kb["markers"]
+    return usable_he, usable_ihc, excluded
 
-    carc_score = sarc_score = 0.0
-    positive, negative, equivocal = set(), set(), set()
+
+def panel_results(markers: dict[str, dict], excluded: list[dict], kb: dict) -> dict[str, dict]:
+    """marker -> {call, reason} as the panel rules read it: a marker whose every slide was excluded is
+    ``failed`` (with the reason), never "not done"."""
+    results = {m: {"call": r["call"], "reason": r.get("reason", "")} for m, r in markers.items()}
+    for x in excluded:
+        if x["stain"] in kb["markers"] and x["stain"] not in results:
+            results[x["stain"]] = {"call": "failed", "reason": x["reason"]}
+    return results
+
+
+def he_evidence(usable_he: list[dict], min_confidence: float) -> list[dict]:
+    """One evidence row per usable H&E slide call."""
+    rows = []
+    for he in usable_he:
+        note = he.get("reason", "")
+        if he["call"] == "refer" and he.get("leading_call"):
+            lead_conf = he.get("leading_confidence")
+            note += f"; leaning {he['leading_call']}" + (f" ({lead_conf:.2f})" if lead_conf is not None else "")
+        if he.get("tumour_burden") is not None:
+            note += f"; tumour burden {he['tumour_burden']:.2f}"
+        rows.append({"slide_id": he["slide_id"], "stain": HE_STAIN, "kind": "H&E slide call", "finding": he["call"],
+                     "value": he.get("confidence"), "metric": "confidence", "cutoff": min_confidence,
+                     "supports": he["call"] if he["call"] in {"carcinoma", "sarcoma", "no_tumour"} else "none",
+                     "weight": None, "note": note.strip("; ")})
+    return rows
+
+
+def _ihc_supports(entry: dict, call: str) -> str:
+    if call == "positive":
+        return entry["supports"]
+    if call == "negative" and entry.get("pan_keratin"):
+        return "against carcinoma"
+    if call == "negative" and entry["supports"] != "none":
+        return f"against {entry['lineage']} differentiation (weak)"
+    return "none"
+
+
+def ihc_evidence(markers: dict[str, dict], kb: dict) -> list[dict]:
+    """One evidence row per marker (slides combined): finding, what it supports, notes a reader needs."""
+    rows = []
     for marker, r in sorted(markers.items()):
-        entry = kbm[marker]
-        supports = "none"
-        if r["call"] == "positive":
-            positive.add(marker)
-            supports = entry["supports"]
-            if supports == "carcinoma":
-                carc_score += entry["weight"]
-            elif supports == "sarcoma":
-                sarc_score += entry["weight"]
-        elif r["call"] == "negative":
-            negative.add(marker)
-            if entry.get("pan_keratin"):
-                supports = "against carcinoma"
-            elif entry["supports"] != "none":
-                supports = f"against {entry['lineage']} differentiation (weak)"
-        else:
-            equivocal.add(marker)
+        entry = kb["markers"][marker]
         note = r.get("reason", "")
         if r.get("qualifier"):
             note = f"{r['qualifier']}; {note}"
@@ -261,187 +250,117 @@ def call_case(he_calls: list[dict], ihc_results: list[dict], kb: dict, params: d
             note += "; internal control " + ("seen" if ic.get("seen") else "NOT seen (technical failure possible)")
         if r.get("discordant"):
             note += "; slides disagree: " + ", ".join(r["slides"])
-        evidence.append({"slide_id": ",".join(r["slides"]), "stain": marker, "kind": "IHC", "finding": r["call"],
-                         "value": r.get("value"), "metric": r.get("metric"), "cutoff": r.get("cutoff"),
-                         "supports": supports, "weight": entry["weight"] if r["call"] == "positive" else None,
-                         "note": note.strip("; ")})
+        rows.append({"slide_id": ",".join(r["slides"]), "stain": marker, "kind": "IHC", "finding": r["call"],
+                     "value": r.get("value"), "metric": r.get("metric"), "cutoff": r.get("cutoff"),
+                     "supports": _ihc_supports(entry, r["call"]),
+                     "weight": entry["weight"] if r["call"] == "positive" else None, "note": note.strip("; ")})
+    return rows
 
-    def pos(*names):
-        return [m for m in names if m in positive]
 
-    pan_ker = [m for m in markers if kbm[m].get("pan_keratin")]
-    ker_pos = [m for m in pan_ker if m in positive]
-    ker_neg = bool(pan_ker) and not ker_pos and all(m in negative for m in pan_ker)
-    thr = p["lineage_evidence_min"]
-    ihc_carc, ihc_sarc = carc_score >= thr, sarc_score >= thr
-    melano = [m for m in positive if kbm[m]["supports"] == "melanocytic"]
-    lymph = [m for m in positive if kbm[m]["supports"] == "haematolymphoid"]
-    epithelial_pos = ker_pos or ihc_carc
-
-    def conflict(rule: str, description: str, markers_=(), slides=()):
-        conflicts.append({"rule": rule, "description": description, "markers": sorted(markers_),
-                          "slides": sorted(slides)})
-
-    melanocytic_pattern = False
-    if he["state"] == "conflict":
-        conflict("he_disagree", he["reason"], slides=he["slides"])
-    if melano and not epithelial_pos:
-        melanocytic_pattern = True
-        conflict("melanocytic", f"{'/'.join(sorted(melano))} positive without keratin: melanoma (or nerve-sheath "
-                 "tumour) pattern - neither carcinoma nor sarcoma; metastatic melanoma must be excluded", melano)
-    if lymph:
-        conflict("haematolymphoid", f"{'/'.join(lymph)} positive: a lymphoma is neither carcinoma nor sarcoma", lymph)
-    if epithelial_pos and (pos("S100", "SOX10") or (pos("SMA") and pos("p63", "p40"))):
-        co = ker_pos + pos("S100", "SOX10", "SMA", "p63", "p40")
-        conflict("myoepithelial", "keratin co-expressed with S100/SOX10 or SMA + p63/p40: myoepithelial tumour "
-                 "(or metaplastic carcinoma) pattern", co)
-    if ker_pos and pos("CD34"):
-        conflict("epithelioid_sarcoma", "keratin and CD34 both positive: epithelioid sarcoma pattern "
-                 "(INI1/SMARCB1 loss would support it)", ker_pos + ["CD34"])
-    sarc_pos = [m for m in positive if kbm[m]["supports"] == "sarcoma"]
-    carc_pos = [m for m in positive if kbm[m]["supports"] == "carcinoma"]
-    if ihc_carc and ihc_sarc:
-        conflict("coexpression", "epithelial and mesenchymal lineage markers both positive "
-                 f"({', '.join(sorted(positive))}): synovial sarcoma, desmoplastic small round cell tumour or "
-                 "sarcomatoid carcinoma in the differential", ker_pos + sarc_pos)
-    if he["state"] == "sarcoma" and epithelial_pos and not ihc_sarc:
-        conflict("he_sarcoma_keratin", "H&E favours sarcoma but epithelial markers are positive "
-                 f"({', '.join(sorted(carc_pos))}): epithelioid or "
-                 "synovial sarcoma versus sarcomatoid carcinoma", ker_pos or sorted(positive), he["slides"])
-    if he["state"] == "carcinoma" and ihc_sarc and not epithelial_pos:
-        conflict("he_carcinoma_mesenchymal", "H&E favours carcinoma but mesenchymal markers are positive "
-                 f"({', '.join(sorted(sarc_pos))}) and epithelial markers are not", sarc_pos, he["slides"])
-    if he["state"] == "carcinoma" and ker_neg and not ihc_carc:
-        conflict("keratin_negative_carcinoma", "H&E favours carcinoma but pan-keratin is negative: melanoma, "
-                 "lymphoma or an epithelioid sarcoma must be excluded", pan_ker, he["slides"])
-    if he["state"] == "no_tumour" and (ihc_carc or ihc_sarc):
-        conflict("he_no_tumour_ihc_positive", "no tumour on H&E but lineage markers are positive "
-                 f"({', '.join(sorted(positive))}): review for a small tumour focus", sorted(positive), he["slides"])
-
-    # ---- the call ----
-    basis = []
-    if usable_he:
-        basis.append("H&E")
-    if markers:
-        basis.append("IHC")
-    if conflicts:
-        call, category = REFER, ("melanocytic" if melanocytic_pattern and len(conflicts) == 1 else "conflict")
-        reason = conflicts[0]["description"] if len(conflicts) == 1 else \
-            f"{len(conflicts)} conflicts: " + "; ".join(c["rule"] for c in conflicts)
-    elif ihc_carc and he["state"] in {"carcinoma", "uncertain", "none"}:
-        call, category = CARCINOMA, "carcinoma"
-        reason = f"epithelial markers positive ({', '.join(sorted(carc_pos))})"
-        reason += "; H&E agrees" if he["state"] == "carcinoma" else f"; {he['reason']}"
-    elif ihc_sarc and not epithelial_pos and he["state"] in {"sarcoma", "uncertain", "none"}:
-        call, category = SARCOMA, "sarcoma"
-        reason = f"mesenchymal markers positive ({', '.join(sorted(sarc_pos))})"
-        reason += "; keratin negative" if ker_neg else "; keratin not done" if not pan_ker else ""
-        reason += "; H&E agrees" if he["state"] == "sarcoma" else f"; {he['reason']}"
-    elif he["state"] == "carcinoma" and not ker_neg and (p["he_only_calls"] or carc_score > 0):
-        call, category = CARCINOMA, "carcinoma"
-        reason = he["reason"] + ("; supportive IHC (" + ", ".join(sorted(positive)) + ")" if carc_score > 0
-                                 else "; not confirmed by IHC")
-    elif he["state"] == "sarcoma" and not epithelial_pos and (p["he_only_calls"] or ker_neg or sarc_score > 0):
-        call, category = SARCOMA, "sarcoma"
-        reason = he["reason"] + ("; keratin negative" if ker_neg else "") + (
-            "; supportive IHC (" + ", ".join(sorted(sarc_pos)) + ")" if sarc_score > 0 else "") + (
-            "; not confirmed by IHC" if not markers else "")
-    elif he["state"] == "no_tumour" and not (ihc_carc or ihc_sarc):
-        call, category = NO_TUMOUR, "no_tumour"
-        reason = he["reason"] + ("; no lineage marker positive" if markers else "")
-    else:
-        call, category = REFER, "insufficient"
-        if not usable_he and not markers:
-            reason = "no usable slide: nothing to base a call on"
-        elif he["state"] == "carcinoma" and ker_neg:
-            reason = "H&E favours carcinoma but pan-keratin is negative"
-        else:
-            reason = f"insufficient evidence: {he['reason']}; IHC carcinoma weight {carc_score:g}, sarcoma weight " \
-                     f"{sarc_score:g} (needs {thr:g})"
-
-    # ---- what would help ----
-    done = set(markers)
-
-    def help_with(names: dict | list, why: str):
+# ---- what would help beyond the rules ------------------------------------------------------------------
+def site_help(candidates: list[dict], done: set[str]) -> list[str]:
+    """For a carcinoma: the site panel when no site pattern matched, or the stains that would settle the
+    leading candidate."""
+    def line(names, why):
         todo = [m for m in names if m not in done]
-        if todo:
-            would_help.append(f"{', '.join(todo)}: {why}")
+        return [f"{', '.join(todo)}: {why}"] if todo else []
 
-    if not markers and category not in {"no_tumour"}:
-        help_with(LINEAGE_PANEL, "pan-keratin and desmin would separate carcinoma from sarcoma")
-    elif category == "carcinoma":
-        if not ker_pos:
-            help_with(["CK_AE1AE3"], "pan-keratin to confirm epithelial lineage")
-    elif category == "sarcoma":
-        if not pan_ker:
-            help_with(["CK_AE1AE3"], "pan-keratin to exclude sarcomatoid carcinoma")
-        if not sarc_pos:
-            help_with(SARCOMA_PANEL, "lineage of the sarcoma (" + "; ".join(
-                f"{m} {w}" for m, w in SARCOMA_PANEL.items() if m not in done) + ")")
-    elif category == "insufficient" and markers:
-        help_with(LINEAGE_PANEL, "pan-keratin and desmin would separate carcinoma from sarcoma")
-    if melanocytic_pattern:  # alone or beside other conflicts: say what confirms or excludes melanoma
-        help_with(["HMB45", "MelanA", "CK_AE1AE3"], "melanocytic markers and keratin; check for a melanoma history")
-    if category == "conflict":
-        would_help.append("review by a soft-tissue pathologist; molecular testing where the pattern suggests it "
-                          "(SS18 rearrangement for synovial sarcoma, INI1/SMARCB1 loss for epithelioid sarcoma)")
-    for m in sorted(equivocal):
-        would_help.append(f"review the {m} slide (equivocal: {markers[m].get('reason', '')})")
-    for x in excluded:
-        would_help.append(f"repeat or re-label slide {x['slide_id']} ({x['stain']}): {x['reason']}")
+    if not candidates:
+        return line(SITE_PANEL, "a site panel to suggest the primary (" + "; ".join(
+            f"{m} {w}" for m, w in SITE_PANEL.items() if m not in done) + ")")
+    return line(*SITE_HELP[candidates[0]["site"]]) if candidates[0]["site"] in SITE_HELP else []
 
-    candidates = site_candidates(markers, kb) if category == "carcinoma" else []
-    if category == "carcinoma":
-        if not candidates:
-            help_with(SITE_PANEL, "a site panel to suggest the primary (" + "; ".join(
-                f"{m} {w}" for m, w in SITE_PANEL.items() if m not in done) + ")")
-        else:
-            top = candidates[0]
-            if top["site"] == "breast":
-                help_with(["GATA3", "ER"], "breast markers")
-            if top["site"] == "squamous":
-                help_with(["p16"], "block-type p16 points to HPV-associated sites (cervix, oropharynx)")
-            if top["site"] == "lung":
-                help_with(["NapsinA", "PAX8"], "lung vs thyroid")
-        if pos("ER", "PR") and not ker_pos:
-            notes.append("ER/PR are positive in uterine smooth-muscle tumours: hormone receptors alone do not "
-                         "indicate carcinoma")
-    if category == "sarcoma" and pos("ER", "PR"):
-        notes.append("ER/PR positivity is expected in uterine-type smooth-muscle tumours (leiomyosarcoma), not "
-                     "evidence of breast carcinoma without keratin")
 
-    rank = CATEGORY_RANK[category]
-    burden = max((h.get("tumour_burden") or 0.0 for h in usable_he), default=0.0)
-    strength = min(1.0, max(carc_score, sarc_score) / 2.0) if markers else (he.get("confidence") or 0.0)
-    score = round(0.5 * strength + 0.5 * burden, 4)
-    pitfalls = {m: kbm[m]["pitfalls"] for m in sorted(positive | equivocal)}
-    if ker_neg:
-        pitfalls.update({m: kbm[m]["pitfalls"] for m in pan_ker})
+def slide_help(markers: dict[str, dict], excluded: list[dict]) -> list[str]:
+    """Equivocal markers to review and excluded slides to repeat or re-label."""
+    lines = [f"review the {m} slide (equivocal: {r.get('reason', '')})" for m, r in sorted(markers.items())
+             if r["call"] == "equivocal"]
+    return lines + [f"repeat or re-label slide {x['slide_id']} ({x['stain']}): {x['reason']}" for x in excluded]
 
+
+# ---- the call -----------------------------------------------------------------------------------------
+def call_case(he_calls: list[dict], ihc_results: list[dict], kb: dict, params: dict | None = None,
+              case_id: str = "", rules: dict | None = None) -> dict:
+    """Combine H&E calls and IHC results of one case into a triage call with evidence (pure function).
+
+    ``he_calls``: dicts with slide_id, call (carcinoma | sarcoma | no_tumour | refer), confidence, reason,
+    tumour_burden, qc_status, qc_reasons[, stain_check, status]. ``ihc_results``: dicts with slide_id, marker,
+    status, call (positive | negative | equivocal | not_evaluable), metric, value, cutoff, qualifier, reason,
+    qc_status[, stain_check, internal_control, distribution, warnings]. :func:`inputs_from_summaries` builds
+    both from summary.json files. ``kb`` is the loaded marker knowledge base, ``params`` the ``case`` config,
+    ``rules`` the panel rules table (default: configs/panel_rules.yaml of this repository).
+    """
+    p = {**DEFAULT_PARAMS, **(params or {})}
+    table = rules if rules is not None else panel_rules.default_rules(kb)
+    usable_he, usable_ihc, excluded = split_usable(he_calls, ihc_results, kb)
+    he = he_consensus(usable_he, p["he_min_confidence"])
+    markers = combine_marker_results(usable_ihc)
+    facts = panel_rules.case_facts(he, panel_results(markers, excluded, kb), kb, p)
+    verdict = panel_rules.evaluate(table, facts)
+    candidates = site_candidates(markers, kb) if verdict["category"] == "carcinoma" else []
+    would_help = verdict["would_help"]
+    if verdict["category"] == "carcinoma":
+        would_help = would_help + site_help(candidates, set(markers))
+    if verdict["call"] == REFER and not would_help:  # the table's check makes this unreachable; never silent
+        would_help = ["review of the H&E and IHC slides by a pathologist"]
     return {
         "version": CASE_VERSION,
         "case_id": case_id,
-        "call": call,
-        "category": category,
-        "reason": reason,
-        "basis": " + ".join(basis) if basis else "none",
+        "call": verdict["call"],
+        "category": verdict["category"],
+        "reason": _reason(verdict["rules_fired"]),
+        "basis": " + ".join([b for b, used in (("H&E", usable_he), ("IHC", markers)) if used]) or "none",
         "suggested_primary": candidates[0]["label"] if candidates else None,
         "primary_candidates": candidates,
         "he": he,
-        "lineage_scores": {"carcinoma": round(carc_score, 3), "sarcoma": round(sarc_score, 3),
-                           "threshold": thr, "pan_keratin": "positive" if ker_pos else "negative" if ker_neg
-                           else "not done"},
-        "evidence": evidence,
-        "conflicts": conflicts,
-        "notes": notes,
-        "pitfalls": pitfalls,
-        "would_help": would_help,
+        "lineage_scores": _lineage_scores(facts, kb),
+        "evidence": he_evidence(usable_he, p["he_min_confidence"]) + ihc_evidence(markers, kb),
+        "rules_fired": verdict["rules_fired"],
+        "conflicts": [{"rule": r["id"], "description": r["text"], "markers": r["markers"],
+                       "slides": sorted(he["slides"]) if r["uses_he"] else []}
+                      for r in verdict["rules_fired"] if r["call"] == REFER and r["category"] != "insufficient"],
+        "notes": [f"{r['id']}: {r['pitfall']}" for r in verdict["rules_fired"]],
+        "pitfalls": _marker_pitfalls(facts["results"], kb),
+        "would_help": would_help + slide_help(markers, excluded),
         "slides": {"used": sorted({h["slide_id"] for h in usable_he} | {r["slide_id"] for r in usable_ihc}),
                    "excluded": excluded},
-        "priority": {"rank": rank, "label": PRIORITY_LABELS[rank], "score": score,
-                     "sort_key": round(rank + (1.0 - score) * 0.99, 4)},
+        "priority": _priority(verdict["category"], usable_he, facts, bool(markers)),
         "disclaimer": DISCLAIMER,
     }
+
+
+def _reason(fired: list[dict]) -> str:
+    """The first rule's reason; further rules that fired are named."""
+    more = [r["id"] for r in fired[1:]]
+    return fired[0]["text"] + (f" (also: {', '.join(more)})" if more else "")
+
+
+def _pan_keratin(facts: dict, kb: dict) -> str:
+    pan = [m for m, e in kb["markers"].items() if e.get("pan_keratin")]
+    return panel_rules.group_status(pan, pan, facts["results"]).replace("_", " ")
+
+
+def _lineage_scores(facts: dict, kb: dict) -> dict:
+    w = facts["weights"]
+    return {"carcinoma": round(w["carcinoma"], 3), "sarcoma": round(w["sarcoma"], 3),
+            "threshold": facts["threshold"], "pan_keratin": _pan_keratin(facts, kb)}
+
+
+def _marker_pitfalls(results: dict[str, dict], kb: dict) -> dict[str, list[str]]:
+    """The knowledge base's pitfalls of every positive or equivocal marker, and of a negative pan-keratin."""
+    kbm = kb["markers"]
+    return {m: kbm[m]["pitfalls"] for m, r in sorted(results.items())
+            if r["call"] in {"positive", "equivocal"} or (r["call"] == "negative" and kbm[m].get("pan_keratin"))}
+
+
+def _priority(category: str, usable_he: list[dict], facts: dict, has_ihc: bool) -> dict:
+    """Worklist rank of the category; within it, stronger evidence and more tumour first."""
+    rank = CATEGORY_RANK[category]
+    burden = max((h.get("tumour_burden") or 0.0 for h in usable_he), default=0.0)
+    strength = min(1.0, max(facts["weights"].values()) / 2.0) if has_ihc else (facts["he"].get("confidence") or 0.0)
+    score = round(0.5 * strength + 0.5 * burden, 4)
+    return {"rank": rank, "label": PRIORITY_LABELS[rank], "score": score,
+            "sort_key": round(rank + (1.0 - score) * 0.99, 4)}
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
@@ -449,6 +368,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--case", required=True, help="case id")
     parser.add_argument("--summaries", nargs="*", default=[], help="summary.json of every slide of the case")
     parser.add_argument("--markers", default=None, help="marker knowledge base (default: the config's `markers`)")
+    parser.add_argument("--rules", default=None, help="panel rules table (default: the config's `panel_rules`, "
+                        "or panel_rules.yaml next to the marker knowledge base)")
     parser.add_argument("--config", default="configs/config.yaml", help="config file")
     parser.add_argument("--out", required=True, help="case.json to write")
 
@@ -459,7 +380,9 @@ def run(args) -> None:
     from pipeline.ihc.markers import load_markers
 
     config = load_config(args.config)
-    kb = load_markers(args.markers or config["markers"])
+    markers_path = args.markers or config["markers"]
+    kb = load_markers(markers_path)
+    rules = panel_rules.load_rules(args.rules or config["panel_rules"] or panel_rules.rules_path_for(markers_path), kb)
     summaries = []
     for path in args.summaries:
         try:
@@ -471,7 +394,7 @@ def run(args) -> None:
             continue
         summaries.append(summary)
     he_calls, ihc_results = inputs_from_summaries(summaries)
-    result = call_case(he_calls, ihc_results, kb, config.get("case"), case_id=args.case)
+    result = call_case(he_calls, ihc_results, kb, config.get("case"), case_id=args.case, rules=rules)
     atomic.write_json(args.out, result)
     log.info("case %s: %s (%s); priority %d", args.case, result["call"], result["reason"],
              result["priority"]["rank"])

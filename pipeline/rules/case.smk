@@ -1,6 +1,6 @@
 # Per case: combine the H&E slide calls and IHC results of every slide of the case (pipeline/case/call.py).
-# Needs from common.smk: CASES, RESULTS, RUN_CONFIG, PIPELINE; each slide's summary.json comes from the
-# summary rule.
+# Needs from common.smk: CASES, RESULTS, RUN_CONFIG, PANEL_RULES, PIPELINE; each slide's summary.json comes
+# from the summary rule.
 
 
 rule call_case:
@@ -9,6 +9,7 @@ rule call_case:
         summaries=lambda wildcards: [f"{RESULTS}/slides/{s}/summary.json" for s in CASES[wildcards.case]],
         config=RUN_CONFIG,
         markers=config["markers"],
+        rules=PANEL_RULES,
     output:
         case=f"{RESULTS}/cases/{{case}}/case.json",
     params:
@@ -25,4 +26,5 @@ rule call_case:
         runtime=5,
     shell:
         "{params.pipeline} call-case --case {wildcards.case} --summaries {input.summaries:q}"
-        " --markers {input.markers:q} --config {input.config:q} --out {output.case:q} 2> {log:q}"
+        " --markers {input.markers:q} --rules {input.rules:q} --config {input.config:q} --out {output.case:q}"
+        " 2> {log:q}"

@@ -8,12 +8,17 @@ from snakemake.utils import validate
 from pipeline import atomic
 from pipeline.config import HE_STAIN, load_samples
 from pipeline.errors import ConfigError
+from pipeline.ihc.markers import load_markers
+from pipeline.case.panel_rules import load_rules, rules_path_for
 from pipeline.outputs.report import JOBS_COLUMNS
 
 validate(config, "../schemas/config.schema.yaml")
 
+# The panel rules table: the config's `panel_rules`, or panel_rules.yaml next to the marker knowledge base.
+PANEL_RULES = config["panel_rules"] or str(rules_path_for(config["markers"]))
 try:
     _SAMPLE_ROWS = load_samples(config["samples"], config["markers"])
+    load_rules(PANEL_RULES, load_markers(config["markers"]))
 except ConfigError as exc:
     raise WorkflowError(f"error: {exc}") from None
 for _row in _SAMPLE_ROWS:
