@@ -1,5 +1,6 @@
-"""The figures across slides judged: end to end against tissue area (should be linear), peak RSS spread
-(should be flat), and the issue's targets.
+"""The figures across slides judged: the scaling fit and the issue's targets, met or missed.
+
+End-to-end seconds against tissue area should be a line; peak RSS should be flat across slide sizes.
 
 Public: :func:`linear_fit`, :func:`scaling`, :func:`check_targets`.
 """
