@@ -8,20 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import blob_image, write_pyramid_tiff
-from pipeline.bench import benchmark, readbench
+from pipeline.bench import endtoend, inputs, readbench, targets
 from pipeline.errors import TriageError
 
 
-def _synth_has_write_slide() -> bool:
-    try:
-        from pipeline.synth import make_slides as synth
-    except ImportError:
-        return False
-    return hasattr(synth, "write_slide")
-
-
-@pytest.mark.skipif(not _synth_has_write_slide(),
-                    reason="pipeline.synth.make_slides.write_slide not there yet: the benchmark generates its slides with it")
 def test_quick_benchmark_runs_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "pipeline", "benchmark", "--quick", "--cache-dir", str(tmp_path),
@@ -34,7 +24,7 @@ def test_quick_benchmark_runs_every_measurement(tmp_path):
     assert slide["scoring"]["ratio"] > 0 and slide["scoring"]["compute_bound_tiles_per_s"] > 0
     assert slide["baseline"]["tiles_per_s"] > 0 and slide["speedup"] > 0
     e2e = slide["end_to_end"]
-    assert set(e2e["stage_seconds_median"]) == set(benchmark.STAGES) and e2e["scoring"]["status"] == "ok"
+    assert set(e2e["stage_seconds_median"]) == set(endtoend.STAGES) and e2e["scoring"]["status"] == "ok"
     assert 50 << 20 < e2e["peak_rss_bytes"] < 4 << 30
     # no --model: the shipped model (models/ is part of the repository), never the untrained stand-in
     assert report["model_trained"] is True and report["model"].endswith("(the config's default model)")
@@ -46,19 +36,19 @@ def test_quick_benchmark_runs_every_measurement(tmp_path):
 
 
 def test_sizes_are_parsed_or_refused():
-    assert benchmark.parse_sizes("20000x20000, 60000X40000") == [(20000, 20000), (60000, 40000)]
+    assert inputs.parse_sizes("20000x20000, 60000X40000") == [(20000, 20000), (60000, 40000)]
     for bad in ("", "60000", "60000x", "100x100", "axb"):
         with pytest.raises(TriageError, match="--sizes"):
-            benchmark.parse_sizes(bad)
+            inputs.parse_sizes(bad)
 
 
 def test_linear_fit_and_scaling():
-    fit = benchmark.linear_fit([1.0, 2.0, 4.0], [3.0, 5.0, 9.0])
+    fit = targets.linear_fit([1.0, 2.0, 4.0], [3.0, 5.0, 9.0])
     assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(1.0) and fit["r2"] == 1.0
-    assert benchmark.linear_fit([1.0], [2.0]) is None
+    assert targets.linear_fit([1.0], [2.0]) is None
     slides = [{"qc": {"tissue_area_mm2": a}, "end_to_end": {"seconds_median": 5 + a, "peak_rss_bytes": r}}
               for a, r in ((10.0, 900), (40.0, 1000))]
-    sc = benchmark.scaling(slides)
+    sc = targets.scaling(slides)
     assert sc["seconds_vs_tissue_mm2"]["seconds_per_mm2"] == pytest.approx(1.0)
     assert sc["peak_rss_max_over_min"] == pytest.approx(1000 / 900, abs=1e-3)
 
@@ -68,12 +58,12 @@ def test_stage_peak_rss_is_the_stage_own(tmp_path):
     import torch  # noqa: F401  (makes this process big, as the benchmark's is)
 
     grab = "import numpy as np; a = np.ones(300 << 20, np.uint8); print(a.sum())"
-    seconds, rss = benchmark._run_stage([sys.executable, "-c", grab, "grab"], tmp_path / "grab.log")
+    seconds, rss = endtoend.run_stage([sys.executable, "-c", grab, "grab"], tmp_path / "grab.log")
     assert seconds > 0 and 300 << 20 < rss < 500 << 20
-    _, small = benchmark._run_stage([sys.executable, "-c", "pass", "small"], tmp_path / "small.log")
+    _, small = endtoend.run_stage([sys.executable, "-c", "pass", "small"], tmp_path / "small.log")
     assert small < 100 << 20
     with pytest.raises(TriageError, match="failed"):
-        benchmark._run_stage([sys.executable, "-c", "raise SystemExit(3)", "boom"], tmp_path / "boom.log")
+        endtoend.run_stage([sys.executable, "-c", "raise SystemExit(3)", "boom"], tmp_path / "boom.log")
 
 
 def test_decode_bound_counts_each_jpeg_tile_once(tmp_path):

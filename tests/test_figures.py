@@ -10,7 +10,7 @@ from PIL import Image
 from test_summary import make_mini_cohort
 
 from pipeline.__main__ import main
-from pipeline.outputs import figures
+from pipeline.outputs import drawing, pictures
 
 PICTURES = ("heatmap.png", "tissue_overlay.png", "top_tiles.png")
 
@@ -53,18 +53,18 @@ def test_top_tiles_sheet_shows_full_resolution_tiles(cohort):
 
 def test_heat_overlay_colours_exactly_the_tile_boxes():
     base = np.full((50, 80, 3), 255, np.uint8)
-    boxes = figures.tile_boxes(np.array([0, 400]), np.array([0, 200]), 200.0, 10.0, base.shape)
+    boxes = drawing.tile_boxes(np.array([0, 400]), np.array([0, 200]), 200.0, 10.0, base.shape)
     assert boxes.tolist() == [[0, 0, 20, 20], [40, 20, 60, 40]]
-    out = figures.heat_overlay(base, boxes, np.array([1.0, np.nan]), 0.0, 1.0, alpha=1.0)
-    assert tuple(out[5, 5]) == tuple(figures.COLORMAP[255])   # value 1 -> top of the colour map
+    out = drawing.heat_overlay(base, boxes, np.array([1.0, np.nan]), 0.0, 1.0, alpha=1.0)
+    assert tuple(out[5, 5]) == tuple(drawing.COLORMAP[255])   # value 1 -> top of the colour map
     assert tuple(out[30, 50]) == (255, 255, 255)                # NaN: left clear
     assert tuple(out[45, 75]) == (255, 255, 255)                # outside every tile
 
 
 def test_colour_map_is_ordered_dark_to_light():
-    lum = figures.COLORMAP.astype(float) @ np.array([0.299, 0.587, 0.114])
+    lum = drawing.COLORMAP.astype(float) @ np.array([0.299, 0.587, 0.114])
     assert np.all(np.diff(lum) > -1.0) and lum[-1] - lum[0] > 150
-    assert tuple(figures.colorize(np.array([-1.0]))[0]) == tuple(figures.COLORMAP[0])
+    assert tuple(drawing.colorize(np.array([-1.0]))[0]) == tuple(drawing.COLORMAP[0])
 
 
 @pytest.mark.parametrize("um_per_px,expected_mm", [(2.0, 0.2), (8.0, 1.0), (40.0, 5.0)])
@@ -72,7 +72,7 @@ def test_scale_bar_has_the_stated_length(um_per_px, expected_mm):
     from PIL import ImageDraw
 
     im = Image.new("RGB", (800, 200), (255, 255, 255))
-    figures.scale_bar(ImageDraw.Draw(im), 800, 200, um_per_px)
+    drawing.scale_bar(ImageDraw.Draw(im), 800, 200, um_per_px)
     bar = np.asarray(im)[200 - 14 + 2]  # a row through the bar
     black = np.flatnonzero(bar.sum(axis=1) == 0)
     length_px = black.max() - black.min()
@@ -85,7 +85,7 @@ def test_contact_sheet_places_each_tile_read_at_its_position():
                "top_tiles": {"carcinoma": {"measure": "prob_carcinoma",
                                            "tiles": [{"x": 0, "y": 0, "value": 0.9}, {"x": 1, "y": 0, "value": 0.8}]}}}
     colours = {0: (250, 0, 0), 1: (0, 250, 0)}
-    sheet = np.asarray(figures.contact_sheet(summary, lambda x, y: np.full((32, 32, 3), colours[x], np.uint8), 32))
+    sheet = np.asarray(pictures.contact_sheet(summary, lambda x, y: np.full((32, 32, 3), colours[x], np.uint8), 32))
     reds = np.all(sheet == (250, 0, 0), axis=-1)
     greens = np.all(sheet == (0, 250, 0), axis=-1)
     assert reds.sum() > 200 and greens.sum() > 200
@@ -93,7 +93,7 @@ def test_contact_sheet_places_each_tile_read_at_its_position():
 
 
 def test_placeholder_says_why(tmp_path):
-    im = figures.placeholder("S9 - HE", "QC failed: no tissue")
+    im = drawing.placeholder("S9 - HE", "QC failed: no tissue")
     assert im.width >= 480
     gray = np.asarray(im.convert("L"))
     assert (gray < 128).sum() > 200  # there is text on it

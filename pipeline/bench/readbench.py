@@ -6,6 +6,9 @@ buffer (at libjpeg-turbo's faster alignment, :func:`pipeline.slides.reader.decod
 allocation, no copying, no Python per tile. A reader at the bound would cost nothing but decoding.
 
 Pure measurement helpers used by ``python -m pipeline benchmark``; no torch.
+
+Public: :func:`segments_for_tiles`, :func:`jpeg_segments`, :func:`decode_all`, :func:`decode_bound`,
+:func:`read_all`, :func:`reader_throughput`.
 """
 
 from __future__ import annotations

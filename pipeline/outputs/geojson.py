@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic
-from pipeline.outputs.figures import CLASS_COLOURS
+from pipeline.outputs.drawing import CLASS_COLOURS
 
 log = logging.getLogger(__name__)
 
