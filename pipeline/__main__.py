@@ -28,7 +28,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "panel": ("pipeline.case.panel", "a case typed by hand (H&E call, marker results) through the panel rules"),
     "make-report": ("pipeline.outputs.report", "write the cohort worklist and HTML review page"),
     "train": ("pipeline.training.train", "train a small CNN end to end (the v1 baseline) and write weights + card"),
-    "train-model": ("pipeline.training.train_model", "fit the tile classifier on real images; select by leave-one-source-out"),
+    "train-model": ("pipeline.training.train_model",
+                    "fit the tile classifier on real images; select by leave-one-source-out"),
     "evaluate": ("pipeline.training.evaluate", "a model on labelled real patches: per-source AUC, accuracy, OOD share"),
     "benchmark": ("pipeline.bench.benchmark", "measure every stage against its physical bound"),
 }

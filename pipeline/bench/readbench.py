@@ -2,7 +2,7 @@
 
 The bound for a set of grid tiles is the time libjpeg-turbo takes to decode, once each, the JPEG tiles
 (segments) of the file those grid tiles overlap, with the compressed bytes already in memory, into one reused
-buffer (at libjpeg-turbo's faster alignment, :func:`pipeline.slides.reader.decode_buffer`) -- no file access, no
+buffer (at libjpeg-turbo's faster alignment, :func:`pipeline.slides.tiff_slide.decode_buffer`) -- no file access, no
 allocation, no copying, no Python per tile. A reader at the bound would cost nothing but decoding.
 
 Pure measurement helpers used by ``python -m pipeline benchmark``; no torch.
@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from pipeline.slides.reader import Slide, TiffSlide, decode_buffer
+from pipeline.slides.slide import Slide
+from pipeline.slides.tiff_slide import TiffSlide, decode_buffer
 
 
 def segments_for_tiles(slide: TiffSlide, xs: np.ndarray, ys: np.ndarray, tile_px: int, target_mpp: float):

@@ -60,7 +60,8 @@ def measure_qc_grid(path: Path, config: dict, repeats: int):
 def measure_reader(path: Path, xs, ys, tile_px: int, target_mpp: float, batch_size: int, repeats: int) -> dict:
     """Our reader (one thread, cold cache, batches as scoring reads them) against the JPEG decode bound."""
     from pipeline.bench import readbench
-    from pipeline.slides.reader import TiffSlide, open_slide
+    from pipeline.slides.reader import open_slide
+    from pipeline.slides.tiff_slide import TiffSlide
 
     with open_slide(path) as slide:
         level = slide.tile_geometry(tile_px, target_mpp)[0]

@@ -1,10 +1,10 @@
 """``python -m pipeline evaluate``: a model on a user's labelled real patches.
 
 Input: a labels CSV (``path,label,source,mpp``; ../shared/data/train and ../shared/data/patches' own CSVs are
-read too -- pipeline.training.labelled_images). Each image is cut into up to ``--tiles-per-image`` tiles on a grid at the
-model's um/px (smaller images reflect-padded, never enlarged), scored by the model (calibrated probabilities and
-OOD score), and summarised per source and pooled by pipeline.training.real_metrics -- the same code that writes the card's
-figures. Labels outside the model's classes (necrosis, benign tumour, normal...) count as non_tumour. Images
+read too -- pipeline.training.labelled_images). Each image is cut into up to ``--tiles-per-image`` tiles on a
+grid at the model's um/px (smaller images reflect-padded, never enlarged), scored by the model (calibrated
+probabilities and OOD score), and summarised per source and pooled by pipeline.training.real_metrics -- the same
+code that writes the card's figures. Labels outside the model's classes (necrosis, benign tumour, normal...) count as non_tumour. Images
 without a stated um/px are refused unless ``--assume-mpp`` gives one.
 
 A table goes to stdout; ``--json`` writes every figure. Sources the model was trained on are named: their

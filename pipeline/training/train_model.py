@@ -8,7 +8,8 @@ Steps (all seeded; step counts, not wall-clock, decide the result):
    evaluation grid tiles, pooled at several depths (block 10, block 14, head), in colour and in grey.
 3. Candidates: a linear head on each (depth, colour) feature set. For each, every source's evaluation tiles are
    scored by a head fitted without that source: the pooled out-of-fold predictions give the candidate's macro-AUC
-   and tumour-vs-non-tumour AUC (pipeline.training.real_metrics, the ``evaluate`` verb's code). The highest macro-AUC wins.
+   and tumour-vs-non-tumour AUC (pipeline.training.real_metrics, the ``evaluate`` verb's code). The highest
+   macro-AUC wins.
    The shipped small CNN (``--baseline``) is scored on the same tiles of the sources it never saw.
 4. Calibration: temperature fitted on the winner's out-of-fold logits. OOD: Mahalanobis statistics of all training
    features; the distance scale is the ``--ood-quantile`` of the out-of-fold distances of real tiles from sources
