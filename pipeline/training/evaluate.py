@@ -4,8 +4,8 @@ Input: a labels CSV (``path,label,source,mpp``; ../shared/data/train and ../shar
 read too -- pipeline.training.labelled_images). Each image is cut into up to ``--tiles-per-image`` tiles on a
 grid at the model's um/px (smaller images reflect-padded, never enlarged), scored by the model (calibrated
 probabilities and OOD score), and summarised per source and pooled by pipeline.training.real_metrics -- the same
-code that writes the card's figures. Labels outside the model's classes (necrosis, benign tumour, normal...) count as non_tumour. Images
-without a stated um/px are refused unless ``--assume-mpp`` gives one.
+code that writes the card's figures. Labels outside the model's classes (necrosis, benign tumour, normal...)
+count as non_tumour. Images without a stated um/px are refused unless ``--assume-mpp`` gives one.
 
 A table goes to stdout; ``--json`` writes every figure. Sources the model was trained on are named: their
 figures are not held-out results.
