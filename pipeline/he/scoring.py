@@ -17,7 +17,6 @@ So is a model without out-of-distribution statistics, unless ``--allow-no-ood`` 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -29,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic
 from pipeline.errors import ModelError, SlideError
+from pipeline.tables import read_columns, write_table
 
 log = logging.getLogger(__name__)
-META_KEY = b"slide_triage"
 SCORES_VERSION = 1
 MPP_TOLERANCE = 1e-3  # relative difference between the grid's target_mpp and the card's mpp
 
@@ -323,21 +321,14 @@ def empty_columns(classes, ood: bool = True) -> dict[str, np.ndarray]:
 def write_scores(path, columns: dict[str, np.ndarray], meta: dict) -> None:
     """Write scores.parquet atomically: int64 x/y, float32 everything else, metadata as JSON."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    arrays = {k: pa.array(v, pa.int64() if k in {"x", "y"} else pa.float32()) for k, v in columns.items()}
-    table = pa.table(arrays).replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    with atomic.atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    write_table(path, {k: pa.array(v, pa.int64() if k in {"x", "y"} else pa.float32()) for k, v in columns.items()},
+                meta)
 
 
 def read_scores(path) -> tuple[dict[str, np.ndarray], dict]:
     """(columns as numpy arrays, metadata) of a scores.parquet."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    return {name: table.column(name).to_numpy() for name in table.column_names}, meta
+    return read_columns(path)
 
 
 def model_meta(card: dict) -> dict:

@@ -33,6 +33,7 @@ from pipeline import atomic
 from pipeline.he.slide_call import TUMOUR_CLASSES
 from pipeline.outputs.drawing import placeholder
 from pipeline.outputs.pictures import contact_sheet, heatmap_picture, tissue_picture, title_of
+from pipeline.tables import try_read_columns
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-
 # ---- reading the stage files ------------------------------------------------------------------------------
 def _read_png(path) -> np.ndarray | None:
     try:
@@ -56,22 +56,10 @@ def _read_png(path) -> np.ndarray | None:
         return None
 
 
-def _columns(path) -> tuple[dict, dict] | None:
-    """(columns as numpy arrays, the ``slide_triage`` metadata) of a Parquet table; None if unreadable."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError):
-        return None
-    meta = json.loads((table.schema.metadata or {}).get(b"slide_triage", b"{}"))
-    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}, meta
-
-
 # ---- what each picture shows ------------------------------------------------------------------------------
 def _he_heatmap(summary: dict, thumb: np.ndarray, grid_meta: dict, scores_path, title: str) -> Image.Image:
     """P(class) per tile for the tumour classes, from scores.parquet."""
-    table = _columns(scores_path) if scores_path else None
+    table = try_read_columns(scores_path) if scores_path else None
     cols = table[0] if table else {}
     if not (cols and len(cols.get("x", []))):
         return placeholder(title, "no scored tiles")
@@ -82,7 +70,7 @@ def _he_heatmap(summary: dict, thumb: np.ndarray, grid_meta: dict, scores_path, 
 
 def _ihc_heatmap(summary: dict, thumb: np.ndarray, grid_meta: dict, ihc_path, title: str) -> Image.Image:
     """The marker's metric per tile from ihc.parquet, beside the plain thumbnail, the cut-off on the colour bar."""
-    table = _columns(ihc_path) if ihc_path else None
+    table = try_read_columns(ihc_path) if ihc_path else None
     result = (summary.get("ihc") or {}).get("result") or {}
     metric = result.get("metric")
     cols = table[0] if table else {}
@@ -103,7 +91,7 @@ def draw_slide(args) -> dict[str, Image.Image]:
     title, _ = title_of(summary)
     thumb = _read_png(args.thumb) if args.thumb else None
     mask = _read_png(args.mask) if args.mask else None
-    grid = _columns(args.tiles) if args.tiles else None
+    grid = try_read_columns(args.tiles) if args.tiles else None
     grid_cols, grid_meta = grid if grid else ({"x": np.zeros(0, int), "y": np.zeros(0, int)}, {})
     have_thumb = thumb is not None and thumb.ndim == 3 and summary["qc"].get("thumb_mpp")
     pictures = {}

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline import atomic
 from pipeline.outputs.drawing import CLASS_COLOURS
+from pipeline.tables import try_read_columns
 
 log = logging.getLogger(__name__)
 
@@ -221,16 +222,6 @@ def geojson_problems(collection: dict) -> list[str]:
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
-def _columns(path) -> tuple[dict, dict] | None:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
-        log.error("%s: cannot read (%s)", path, exc)
-        return None
-    meta = json.loads((table.schema.metadata or {}).get(b"slide_triage", b"{}"))
-    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}, meta
 
 
 def build(args) -> dict:
@@ -241,7 +232,7 @@ def build(args) -> dict:
     if summary["status"] == "failed":
         return feature_collection([])
     slide_id = summary["slide_id"]
-    grid = _columns(args.tiles) if args.tiles else None
+    grid = try_read_columns(args.tiles, log) if args.tiles else None
     if grid is None or not grid[1].get("mpp"):
         return feature_collection([])
     grid_cols, meta = grid
@@ -254,13 +245,13 @@ def build(args) -> dict:
             mask = np.asarray(im) > 127
         features += tissue_features(slide_id, mask, float(thumb_mpp) / float(meta["mpp"]), width, height)
     if summary["kind"] == "HE" and args.scores:
-        table = _columns(args.scores)
+        table = try_read_columns(args.scores, log)
         if table is not None and len(table[0].get("x", [])):
             fraction = {(int(x), int(y)): float(f) for x, y, f in
                         zip(grid_cols["x"], grid_cols["y"], grid_cols["tissue_fraction"], strict=True)}
             features += he_tile_features(slide_id, table[0], size0, fraction)
     elif summary["kind"] == "IHC" and args.ihc_tiles:
-        table = _columns(args.ihc_tiles)
+        table = try_read_columns(args.ihc_tiles, log)
         result = (summary.get("ihc") or {}).get("result") or {}
         if table is not None and len(table[0].get("x", [])):
             features += ihc_tile_features(slide_id, table[0], size0, result.get("metric"), result.get("cutoff"))

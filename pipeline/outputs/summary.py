@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline import DISCLAIMER, atomic
 from pipeline.redact import REDACTED, redact  # noqa: F401 (REDACTED re-exported)
+from pipeline.tables import try_read_columns
 
 log = logging.getLogger(__name__)
 
@@ -220,18 +221,6 @@ def _read_json(path) -> dict | None:
         return None
 
 
-def _read_parquet_columns(path) -> tuple[dict, dict] | None:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
-        log.error("%s: cannot read (%s)", path, exc)
-        return None
-    meta = json.loads((table.schema.metadata or {}).get(b"slide_triage", b"{}"))
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}, meta
-
-
 def model_provenance(scores_meta: dict | None) -> dict | None:
     if not scores_meta or not scores_meta.get("model_id"):
         return None
@@ -269,16 +258,16 @@ def summarize(args) -> dict:
     qc = _read_json(args.qc) or {"status": "failed", "reasons": [f"qc.json unreadable ({Path(args.qc).name})"]}
     grid_meta, n_tiles = {"status": "failed", "reason": "tiles.parquet missing or unreadable"}, 0
     if args.tiles:
-        grid = _read_parquet_columns(args.tiles)
+        grid = try_read_columns(args.tiles, log)
         if grid is not None:
             grid_meta, n_tiles = grid[1], len(grid[0].get("x", []))
     scores = ihc = ihc_tiles = None
     if args.stain == HE_STAIN:
-        scores = _read_parquet_columns(args.scores) if args.scores else None
+        scores = try_read_columns(args.scores, log) if args.scores else None
     else:
         ihc = _read_json(args.ihc) if args.ihc else None
         if args.ihc_tiles:
-            table = _read_parquet_columns(args.ihc_tiles)
+            table = try_read_columns(args.ihc_tiles, log)
             ihc_tiles = table[0] if table else None
     prov = provenance_record(args.slide, config, scores[1] if scores else None, ihc, args.full_hash)
     return build_summary(slide_id=args.slide_id, case_id=args.case_id, stain=args.stain, qc=qc, grid_meta=grid_meta,

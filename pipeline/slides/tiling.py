@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import atomic
 from pipeline.errors import SlideError
+from pipeline.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
-META_KEY = b"slide_triage"
 
 
 def tile_grid(mask: np.ndarray, mask_mpp: float, slide_mpp: float, width_px: int, height_px: int,
@@ -68,23 +67,16 @@ class TileGrid:
 
 def write_tile_grid(path, grid: TileGrid) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pa.table({
+    write_table(path, {
         "x": pa.array(grid.x, pa.int64()),
         "y": pa.array(grid.y, pa.int64()),
         "tissue_fraction": pa.array(grid.tissue_fraction, pa.float32()),
-    })
-    table = table.replace_schema_metadata({META_KEY: json.dumps(grid.meta, sort_keys=True).encode()})
-    with atomic.atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    }, grid.meta)
 
 
 def read_tile_grid(path) -> TileGrid:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    table, meta = read_table(path)
     return TileGrid(
         x=table.column("x").to_numpy().astype(np.int64),
         y=table.column("y").to_numpy().astype(np.int64),
