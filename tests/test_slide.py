@@ -316,7 +316,7 @@ def test_one_tiff_reader_shared_by_threads_gives_single_thread_pixels(small_svs)
 @pytest.mark.parametrize("workers,prefetch", [(1, 0), (2, 0), (1, 2), (3, 4)])
 def test_thread_tile_reader_batches_in_grid_order(small_svs, workers, prefetch):
     """Scoring's reader threads (overlapped or in turn with inference) give exactly the slide's tiles."""
-    from pipeline.he.scoring import ThreadTileReader
+    from pipeline.he.tile_readers import ThreadTileReader
 
     with open_slide(small_svs) as s:
         xs, ys = _tile_corners(s, 112, 2.0, overhang=False)
@@ -332,7 +332,7 @@ def test_thread_tile_reader_batches_in_grid_order(small_svs, workers, prefetch):
 
 
 def test_reader_plan_overlaps_only_with_a_free_core_or_a_gpu(monkeypatch):
-    from pipeline.he import scoring
+    from pipeline.he import tile_readers as scoring
 
     monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
     assert scoring.reader_plan("cpu", threads=2) == (2, 0)  # inference fills both cores: read, then infer

@@ -43,7 +43,8 @@ def machine() -> dict:
     """CPU model, cores, bf16 support, GPU, memory, Python/torch versions and git commit of this run."""
     import torch
 
-    from pipeline.he.scoring import _cpu_has_bf16, available_cpus
+    from pipeline.he.scoring import _cpu_has_bf16
+    from pipeline.he.tile_readers import available_cpus
     from pipeline.outputs.provenance import git_commit
 
     cpu = platform.processor() or platform.machine()
