@@ -90,6 +90,31 @@ def call_slide(probs: dict[str, np.ndarray], ood: np.ndarray | None, qc_status: 
     ``would_help`` (what a reviewer can do when a no-tumour reading is referred; empty otherwise).
     """
     p = {**DEFAULT_PARAMS, **(params or {})}
+    pc, ps, pn, ood_arr = _checked_arrays(probs, ood, tile_area_mm2)
+    ev = _tile_evidence(pc, ps, ood_arr, tile_area_mm2, p)
+    record = _evidence_record(ev, pc, ps, pn, ood_arr if ood is not None else None, qc_status, tissue_area_mm2,
+                              tile_area_mm2, p)
+    # 1. Slide-level reasons to stop before reading the tiles.
+    if qc_status == "failed":
+        return _refer(record, "QC failed: the slide cannot be assessed automatically")
+    n, min_mm2 = ev["n"], p["min_tissue_mm2"]
+    if n == 0 or min(tissue_area_mm2, ev["analysed_mm2"]) < min_mm2:
+        return _refer(record, f"too little tissue: {min(tissue_area_mm2, ev['analysed_mm2']):.2f} mm2 analysable "
+                              f"({n} tiles), need {min_mm2:g} mm2")
+    qc_note = "; QC warnings: review the slide quality" if qc_status == "warn" else ""
+    # 2. Tumour present?  3. Which lineage?
+    n_tumour, tumour_mm2, fraction = ev["n_tumour"], ev["tumour_mm2"], ev["fraction"]
+    if n_tumour == 0 or (tumour_mm2 < p["no_tumour_max_mm2"] and fraction < p["no_tumour_max_fraction"]):
+        return _no_tumour_call(record, ev, probs[NON_TUMOUR], p, qc_note)  # mean in the input dtype, as before
+    if tumour_mm2 < p["min_tumour_mm2"] or fraction < p["min_tumour_fraction"]:
+        return _refer(record, f"borderline tumour burden: {n_tumour} tumour tiles ({tumour_mm2:.2f} mm2, "
+                              f"{100 * fraction:.1f}% of tissue) -- a call needs {p['min_tumour_mm2']:g} mm2 and "
+                              f"{100 * p['min_tumour_fraction']:g}%")
+    return _lineage_call(record, ev, p, qc_note)
+
+
+def _checked_arrays(probs: dict[str, np.ndarray], ood: np.ndarray | None, tile_area_mm2: float):
+    """(carcinoma, sarcoma, non-tumour probabilities as float64, OOD scores with NaN as +inf) after checks."""
     missing = [c for c in (*TUMOUR_CLASSES, NON_TUMOUR) if c not in probs]
     if missing:
         raise ValueError(f"probabilities for {', '.join(missing)} are missing (got {', '.join(probs)})")
@@ -100,75 +125,82 @@ def call_slide(probs: dict[str, np.ndarray], ood: np.ndarray | None, qc_status: 
     if tile_area_mm2 <= 0:
         raise ValueError(f"tile_area_mm2 must be > 0, got {tile_area_mm2}")
     ood_arr = np.zeros(n) if ood is None else np.nan_to_num(np.asarray(ood, np.float64), nan=np.inf)
+    return pc, ps, np.asarray(probs[NON_TUMOUR], np.float64), ood_arr
 
-    p_tumour = pc + ps
-    tumour = p_tumour >= p["tumour_prob_min"]
-    carc_tiles, sarc_tiles = tumour & (pc >= ps), tumour & (pc < ps)
+
+def _tile_evidence(pc: np.ndarray, ps: np.ndarray, ood_arr: np.ndarray, tile_area_mm2: float, p: dict) -> dict:
+    """Tumour tiles, their lineage split, areas, the top-k lineage score and the OOD shares."""
+    n = len(pc)
+    tumour = pc + ps >= p["tumour_prob_min"]
     unlike = ood_arr > 1.0
     n_tumour = int(tumour.sum())
-    analysed_mm2 = n * tile_area_mm2
-    tumour_mm2 = n_tumour * tile_area_mm2
-    fraction = n_tumour / n if n else 0.0
     c_topk, s_topk = _topk_mean(pc[tumour], p["top_k"]), _topk_mean(ps[tumour], p["top_k"])
-    lineage = c_topk / (c_topk + s_topk) if n_tumour else None
-    ood_fraction = float(unlike.mean()) if n else 0.0
-    ood_tumour_fraction = float(unlike[tumour].mean()) if n_tumour else 0.0
+    return {
+        "n": n, "tumour": tumour, "carc_tiles": tumour & (pc >= ps), "sarc_tiles": tumour & (pc < ps),
+        "n_tumour": n_tumour, "analysed_mm2": n * tile_area_mm2, "tumour_mm2": n_tumour * tile_area_mm2,
+        "fraction": n_tumour / n if n else 0.0, "c_topk": c_topk, "s_topk": s_topk,
+        "lineage": c_topk / (c_topk + s_topk) if n_tumour else None,
+        "ood_fraction": float(unlike.mean()) if n else 0.0,
+        "ood_tumour_fraction": float(unlike[tumour].mean()) if n_tumour else 0.0,
+    }
+
+
+def _evidence_record(ev: dict, pc, ps, pn, ood_arr, qc_status: str, tissue_area_mm2: float,
+                     tile_area_mm2: float, p: dict) -> dict:
+    """The JSON-ready record of the evidence, with the call still ``refer`` and no reason."""
+    n, lineage = ev["n"], ev["lineage"]
 
     def burden(mask: np.ndarray) -> dict:
         k = int(mask.sum())
         return {"tiles": k, "fraction": round(k / n, 4) if n else 0.0, "area_mm2": round(k * tile_area_mm2, 4)}
 
-    record = {
+    return {
         "call": "refer", "confidence": 1.0, "reason": "",
-        "tumour_burden": round(fraction, 4), "tumour_area_mm2": round(tumour_mm2, 4),
-        "burden": {"carcinoma": burden(carc_tiles), "sarcoma": burden(sarc_tiles), "non_tumour": burden(~tumour)},
+        "tumour_burden": round(ev["fraction"], 4), "tumour_area_mm2": round(ev["tumour_mm2"], 4),
+        "burden": {"carcinoma": burden(ev["carc_tiles"]), "sarcoma": burden(ev["sarc_tiles"]),
+                   "non_tumour": burden(~ev["tumour"])},
         "lineage_score": None if lineage is None else round(lineage, 4),
-        "carcinoma_topk_mean": round(c_topk, 4), "sarcoma_topk_mean": round(s_topk, 4),
-        "n_tiles": n, "n_tumour_tiles": n_tumour, "analysed_area_mm2": round(analysed_mm2, 4),
+        "carcinoma_topk_mean": round(ev["c_topk"], 4), "sarcoma_topk_mean": round(ev["s_topk"], 4),
+        "n_tiles": n, "n_tumour_tiles": ev["n_tumour"], "analysed_area_mm2": round(ev["analysed_mm2"], 4),
         "tissue_area_mm2": round(float(tissue_area_mm2), 4), "qc_status": qc_status,
-        "ood_fraction": round(ood_fraction, 4), "ood_tumour_fraction": round(ood_tumour_fraction, 4),
+        "ood_fraction": round(ev["ood_fraction"], 4), "ood_tumour_fraction": round(ev["ood_tumour_fraction"], 4),
         "leading_call": None, "leading_confidence": None, "would_help": [],
         "top_tiles": {
             "carcinoma": _top_indices(pc, p["top_tiles"]), "sarcoma": _top_indices(ps, p["top_tiles"]),
-            "non_tumour": _top_indices(np.asarray(probs[NON_TUMOUR], np.float64), p["top_tiles"]),
-            "ood": _top_indices(ood_arr, p["top_tiles"]) if ood is not None else [],
+            "non_tumour": _top_indices(pn, p["top_tiles"]),
+            "ood": _top_indices(ood_arr, p["top_tiles"]) if ood_arr is not None else [],
         },
     }
 
-    def refer(reason: str, leading: str | None = None, leading_conf: float | None = None) -> dict:
-        conf = 1.0 if leading_conf is None else 1.0 - leading_conf
-        record.update(call="refer", reason=reason, confidence=round(float(np.clip(conf, 0, 1)), 4),
-                      leading_call=leading,
-                      leading_confidence=None if leading_conf is None else round(float(leading_conf), 4))
-        return record
 
-    # 1. Slide-level reasons to stop before reading the tiles.
-    if qc_status == "failed":
-        return refer("QC failed: the slide cannot be assessed automatically")
-    min_mm2 = p["min_tissue_mm2"]
-    if n == 0 or min(tissue_area_mm2, analysed_mm2) < min_mm2:
-        return refer(f"too little tissue: {min(tissue_area_mm2, analysed_mm2):.2f} mm2 analysable "
-                     f"({n} tiles), need {min_mm2:g} mm2")
-    qc_note = "; QC warnings: review the slide quality" if qc_status == "warn" else ""
-    in_dist = 1.0 - ood_fraction
+def _refer(record: dict, reason: str, leading: str | None = None, leading_conf: float | None = None) -> dict:
+    """``record`` as a refer: confidence 1 minus the leading alternative's (1.0 when there is none)."""
+    conf = 1.0 if leading_conf is None else 1.0 - leading_conf
+    record.update(call="refer", reason=reason, confidence=round(float(np.clip(conf, 0, 1)), 4),
+                  leading_call=leading,
+                  leading_confidence=None if leading_conf is None else round(float(leading_conf), 4))
+    return record
 
-    # 2. Tumour present?
-    if n_tumour == 0 or (tumour_mm2 < p["no_tumour_max_mm2"] and fraction < p["no_tumour_max_fraction"]):
-        conf = float(np.mean(probs[NON_TUMOUR])) * in_dist
-        what = (f"no tumour: {n_tumour} of {n} tiles reach tumour probability {p['tumour_prob_min']:g} "
-                f"({tumour_mm2:.2f} mm2, {100 * fraction:.1f}%)")
-        doubt = no_tumour_doubt(conf, ood_fraction, p)
-        if doubt:
-            record["would_help"] = [NO_TUMOUR_HELP]
-            return refer(f"{doubt}: the model's {what} cannot rule tumour out; {NO_TUMOUR_HELP}", "no_tumour", conf)
-        record.update(call="no_tumour", confidence=round(conf, 4), reason=what + qc_note)
-        return record
-    if tumour_mm2 < p["min_tumour_mm2"] or fraction < p["min_tumour_fraction"]:
-        return refer(f"borderline tumour burden: {n_tumour} tumour tiles ({tumour_mm2:.2f} mm2, "
-                     f"{100 * fraction:.1f}% of tissue) -- a call needs {p['min_tumour_mm2']:g} mm2 and "
-                     f"{100 * p['min_tumour_fraction']:g}%")
 
-    # 3. Which lineage?
+def _no_tumour_call(record: dict, ev: dict, pn, p: dict, qc_note: str) -> dict:
+    """no_tumour when the model is sure and the tissue is like its training data, else refer with help."""
+    conf = float(np.mean(pn)) * (1.0 - ev["ood_fraction"])
+    what = (f"no tumour: {ev['n_tumour']} of {ev['n']} tiles reach tumour probability {p['tumour_prob_min']:g} "
+            f"({ev['tumour_mm2']:.2f} mm2, {100 * ev['fraction']:.1f}%)")
+    doubt = no_tumour_doubt(conf, ev["ood_fraction"], p)
+    if doubt:
+        record["would_help"] = [NO_TUMOUR_HELP]
+        return _refer(record, f"{doubt}: the model's {what} cannot rule tumour out; {NO_TUMOUR_HELP}", "no_tumour",
+                      conf)
+    record.update(call="no_tumour", confidence=round(conf, 4), reason=what + qc_note)
+    return record
+
+
+def _lineage_call(record: dict, ev: dict, p: dict, qc_note: str) -> dict:
+    """carcinoma or sarcoma when the tumour tiles agree and are like the training data, else refer."""
+    lineage, n_tumour = ev["lineage"], ev["n_tumour"]
+    carc_tiles, sarc_tiles = ev["carc_tiles"], ev["sarc_tiles"]
+    ood_fraction, ood_tumour_fraction = ev["ood_fraction"], ev["ood_tumour_fraction"]
     leading = "carcinoma" if lineage >= 0.5 else "sarcoma"
     lead_tiles = carc_tiles if leading == "carcinoma" else sarc_tiles
     agree = lead_tiles.sum() / n_tumour
@@ -177,17 +209,17 @@ def call_slide(probs: dict[str, np.ndarray], ood: np.ndarray | None, qc_status: 
     shares = (f"carcinoma-like {100 * carc_tiles.sum() / n_tumour:.0f}% / sarcoma-like "
               f"{100 * sarc_tiles.sum() / n_tumour:.0f}% of {n_tumour} tumour tiles")
     if max(ood_fraction, ood_tumour_fraction) > p["ood_max_fraction"]:
-        return refer(f"tissue unlike the training data in {100 * ood_fraction:.0f}% of tiles "
-                     f"({100 * ood_tumour_fraction:.0f}% of tumour tiles; limit "
-                     f"{100 * p['ood_max_fraction']:.0f}%): the model's {leading} reading is not reliable",
-                     leading, conf)
+        return _refer(record, f"tissue unlike the training data in {100 * ood_fraction:.0f}% of tiles "
+                              f"({100 * ood_tumour_fraction:.0f}% of tumour tiles; limit "
+                              f"{100 * p['ood_max_fraction']:.0f}%): the model's {leading} reading is not reliable",
+                      leading, conf)
     if 1.0 - agree > p["mixed_max_fraction"] or strength < p["lineage_min"]:
-        return refer(f"mixed carcinoma/sarcoma signal: {shares}, lineage score {lineage:.2f} "
-                     f"(a call needs >= {p['lineage_min']:g} one way and <= "
-                     f"{100 * p['mixed_max_fraction']:.0f}% dissent)", leading, conf)
+        return _refer(record, f"mixed carcinoma/sarcoma signal: {shares}, lineage score {lineage:.2f} "
+                              f"(a call needs >= {p['lineage_min']:g} one way and <= "
+                              f"{100 * p['mixed_max_fraction']:.0f}% dissent)", leading, conf)
     if conf < p["min_confidence"]:
-        return refer(f"low confidence ({conf:.2f}) in {leading}: {shares}", leading, conf)
+        return _refer(record, f"low confidence ({conf:.2f}) in {leading}: {shares}", leading, conf)
     record.update(call=leading, confidence=round(conf, 4),
-                  reason=(f"{leading}: tumour in {100 * fraction:.0f}% of tissue ({tumour_mm2:.2f} mm2); "
+                  reason=(f"{leading}: tumour in {100 * ev['fraction']:.0f}% of tissue ({ev['tumour_mm2']:.2f} mm2); "
                           f"{shares}; lineage score {lineage:.2f}{qc_note}"))
     return record
