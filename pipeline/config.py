@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import csv
 import functools
-import hashlib
 import os
 from pathlib import Path
 
@@ -74,13 +73,6 @@ def load_config(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
     return validate(data, "config", str(path))
-
-
-def config_hash(config: dict) -> str:
-    """SHA-256 of the canonical JSON of a validated config (for provenance)."""
-    import json
-
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 def known_stains(markers_path: str | os.PathLike) -> set[str]:

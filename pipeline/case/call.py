@@ -37,11 +37,11 @@ from pathlib import Path
 
 from pipeline import DISCLAIMER, atomic
 from pipeline.case import panel_rules
+from pipeline.config import HE_STAIN
 
 log = logging.getLogger(__name__)
 
 CASE_VERSION = 1
-HE_STAIN = "HE"
 CARCINOMA, SARCOMA, REFER, NO_TUMOUR = ("favours metastatic carcinoma", "favours sarcoma", "refer", "no tumour")
 DEFAULT_PARAMS = {"he_min_confidence": 0.5, "lineage_evidence_min": 1.0, "he_only_calls": True}
 RESULT_ORDER = {"positive": 3, "equivocal": 2, "negative": 1}

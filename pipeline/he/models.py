@@ -29,7 +29,6 @@ from torch import nn
 
 from pipeline.errors import ModelError
 
-CLASSES = ("carcinoma", "sarcoma", "non_tumour")
 CARD_FILE = "card.json"
 CARD_VERSION = 1
 INTENDED_USE = "research / decision support, not for clinical use"

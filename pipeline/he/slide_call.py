@@ -24,6 +24,8 @@ import numpy as np
 
 TUMOUR_CLASSES = ("carcinoma", "sarcoma")
 NON_TUMOUR = "non_tumour"
+# The tile classifier's classes, in the order of its outputs (models, training, summaries and maps use these).
+CLASSES = (*TUMOUR_CLASSES, NON_TUMOUR)
 CALLS = ("carcinoma", "sarcoma", "no_tumour", "refer")
 DEFAULT_PARAMS = {
     "tumour_prob_min": 0.5,

@@ -73,6 +73,3 @@ def is_nuclear(entry: dict) -> bool:
     return entry["compartment"] in NUCLEAR_COMPARTMENTS
 
 
-def source_text(kb: dict, keys) -> list[str]:
-    """Full citations for source keys."""
-    return [kb["sources"][k] for k in keys]

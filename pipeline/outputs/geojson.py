@@ -42,7 +42,6 @@ MEASUREMENT_DECIMALS = 6
 TISSUE_COLOUR = (46, 160, 67)
 # QuPath's built-in Positive / Negative class colours.
 IHC_COLOURS = {"Positive": (200, 50, 50), "Negative": (112, 112, 225)}
-HE_CLASSES = ("carcinoma", "sarcoma", "non_tumour")
 
 
 def tile_id(slide_id: str, x: int, y: int) -> str:

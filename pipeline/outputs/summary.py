@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import DISCLAIMER, atomic
+from pipeline.config import HE_STAIN
+from pipeline.he.slide_call import CLASSES
 from pipeline.redact import REDACTED, redact  # noqa: F401 (REDACTED re-exported)
 from pipeline.tables import try_read_columns
 
 log = logging.getLogger(__name__)
 
 SUMMARY_VERSION = 1
-HE_STAIN = "HE"
-CLASSES = ("carcinoma", "sarcoma", "non_tumour")
 FLOAT_DECIMALS = 6
 NO_OOD_CHECK = "no out-of-distribution check"
 

@@ -283,7 +283,7 @@ def write_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float 
                     fh.close()
     seconds = time.perf_counter() - t0
     record = {
-        "generator": "pipeline.synth.make_slides", "version": VERSION, "slide": path.name, "format": fmt, "stain": stain,
+        "generator": "pipeline.synth", "version": VERSION, "slide": path.name, "format": fmt, "stain": stain,
         "layout": layout, "seed": seed, "layout_seed": layout_seed, "mpp": mpp, "objective_power": mag,
         "width": width, "height": height, "levels": [list(s) for s in sizes], "artefacts": list(artefacts),
         "labels_png": f"{path.name}.truth.png" if truth else None, "labels_um_per_px": lay.layout_um,

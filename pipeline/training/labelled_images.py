@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import TriageError
+from pipeline.he.slide_call import CLASSES
 
-CLASSES = ("carcinoma", "sarcoma", "non_tumour")
 NON_TUMOUR_LABELS = frozenset({"non_tumour", "non-tumour", "normal", "benign", "benign_tumour", "necrosis",
                                "stroma", "fat", "adipose", "muscle", "lymphoid", "mucus", "debris", "background"})
 
