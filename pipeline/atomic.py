@@ -1,4 +1,6 @@
-"""Write-then-rename helpers: no output is ever visible half-written under its final name."""
+"""Write-then-rename helpers (no output is ever visible half-written under its final name), and the one JSON
+reader for what they wrote: :func:`atomic_path`, :func:`write_bytes`, :func:`write_json`, :func:`read_json`,
+:func:`try_read_json`."""
 
 from __future__ import annotations
 
@@ -52,3 +54,18 @@ def dumps_json(obj: Any) -> str:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, dumps_json(obj))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document at ``path`` (UTF-8), as written by :func:`write_json`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def try_read_json(path: str | os.PathLike, log=None) -> Any | None:
+    """:func:`read_json`, or None (logged when ``log`` is given) when the file is missing or not JSON."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        if log is not None:
+            log.error("%s: cannot read (%s)", path, exc)
+        return None

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from pipeline import DISCLAIMER, atomic
 from pipeline.case import panel_rules
@@ -374,6 +373,15 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", required=True, help="case.json to write")
 
 
+def case_params(config: dict) -> dict:
+    """The config's ``case`` section plus the H&E confidence gate, which is the slide call's own
+    (``slide_call.min_confidence``): one threshold decides whether an H&E call counts."""
+    params = dict(config.get("case") or {})
+    params["he_min_confidence"] = (config.get("slide_call") or {}).get("min_confidence",
+                                                                        DEFAULT_PARAMS["he_min_confidence"])
+    return params
+
+
 def run(args) -> None:
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
@@ -386,7 +394,7 @@ def run(args) -> None:
     summaries = []
     for path in args.summaries:
         try:
-            summary = json.loads(Path(path).read_text(encoding="utf-8"))
+            summary = atomic.read_json(path)
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read slide summary ({exc})") from exc
         if summary.get("case_id") not in (None, args.case):
@@ -394,7 +402,7 @@ def run(args) -> None:
             continue
         summaries.append(summary)
     he_calls, ihc_results = inputs_from_summaries(summaries)
-    result = call_case(he_calls, ihc_results, kb, config.get("case"), case_id=args.case, rules=rules)
+    result = call_case(he_calls, ihc_results, kb, case_params(config), case_id=args.case, rules=rules)
     atomic.write_json(args.out, result)
     log.info("case %s: %s (%s); priority %d", args.case, result["call"], result["reason"],
              result["priority"]["rank"])

@@ -103,6 +103,6 @@ def run(args) -> None:
     kb = load_markers(markers_path)
     rules = panel_rules.load_rules(args.rules or config.get("panel_rules")
                                    or panel_rules.rules_path_for(markers_path), kb)
-    result = case.call_case(typed_he(args.he), typed_results(args.marker, kb), kb, config.get("case"),
+    result = case.call_case(typed_he(args.he), typed_results(args.marker, kb), kb, case.case_params(config),
                             case_id="typed", rules=rules)
     print(json.dumps(result, indent=1) if args.json else format_text(result))

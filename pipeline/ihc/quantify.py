@@ -204,14 +204,6 @@ def image_mpp(path, mpp: float | None, quantify_mpp: float) -> float:
     return mpp
 
 
-def _read_json(path) -> dict | None:
-    import json
-
-    if not path:
-        return None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> None:
     from pipeline.errors import SlideError
     from pipeline.slides.reader import open_slide
@@ -220,7 +212,7 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
 
     grid = read_tile_grid(args.tiles)
     slide_id = args.slide_id or grid.meta.get("slide_id") or Path(args.slide).stem
-    qc = _read_json(args.qc) or {"status": "unknown", "reasons": []}
+    qc = (atomic.read_json(args.qc) if args.qc else None) or {"status": "unknown", "reasons": []}
     target_mpp = float(grid.meta.get("target_mpp", config["tiling"]["target_mpp"]))
     tile_px = int(grid.meta.get("tile_px", config["tiling"]["tile_px"]))
     grid_size_um = tile_px * target_mpp

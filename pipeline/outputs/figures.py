@@ -22,7 +22,6 @@ Public: :func:`draw_slide` (the pictures from the CLI arguments), :func:`top_til
 from __future__ import annotations
 
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -87,7 +86,7 @@ def _ihc_heatmap(summary: dict, thumb: np.ndarray, grid_meta: dict, ihc_path, ti
 
 def draw_slide(args) -> dict[str, Image.Image]:
     """The three pictures of a slide (``tissue``, ``heatmap``, ``top_tiles``) from the CLI arguments."""
-    summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
+    summary = atomic.read_json(args.summary)
     title, _ = title_of(summary)
     thumb = _read_png(args.thumb) if args.thumb else None
     mask = _read_png(args.mask) if args.mask else None

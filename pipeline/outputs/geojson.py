@@ -227,7 +227,7 @@ def build(args) -> dict:
     """The FeatureCollection of one slide from the CLI arguments."""
     from PIL import Image
 
-    summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
+    summary = atomic.read_json(args.summary)
     if summary["status"] == "failed":
         return feature_collection([])
     slide_id = summary["slide_id"]

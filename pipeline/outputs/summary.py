@@ -213,12 +213,6 @@ def build_summary(*, slide_id: str, case_id: str, stain: str, qc: dict, grid_met
 
 
 # ---- reading inputs -----------------------------------------------------------------------------------
-def _read_json(path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.error("%s: cannot read (%s)", path, exc)
-        return None
 
 
 def model_provenance(scores_meta: dict | None) -> dict | None:
@@ -255,7 +249,8 @@ def summarize(args) -> dict:
     from pipeline.config import load_config
 
     config = load_config(args.config)
-    qc = _read_json(args.qc) or {"status": "failed", "reasons": [f"qc.json unreadable ({Path(args.qc).name})"]}
+    qc = atomic.try_read_json(args.qc, log) or {"status": "failed",
+                                               "reasons": [f"qc.json unreadable ({Path(args.qc).name})"]}
     grid_meta, n_tiles = {"status": "failed", "reason": "tiles.parquet missing or unreadable"}, 0
     if args.tiles:
         grid = try_read_columns(args.tiles, log)
@@ -265,7 +260,7 @@ def summarize(args) -> dict:
     if args.stain == HE_STAIN:
         scores = try_read_columns(args.scores, log) if args.scores else None
     else:
-        ihc = _read_json(args.ihc) if args.ihc else None
+        ihc = atomic.try_read_json(args.ihc, log) if args.ihc else None
         if args.ihc_tiles:
             table = try_read_columns(args.ihc_tiles, log)
             ihc_tiles = table[0] if table else None

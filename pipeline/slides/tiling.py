@@ -6,12 +6,12 @@ level-0 pixels wide. ``x``, ``y`` are the level-0 pixel coordinates of each tile
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline import atomic
 from pipeline.errors import SlideError
 from pipeline.tables import read_table, write_table
 
@@ -142,7 +142,7 @@ def run(args) -> None:
     slide_id = args.slide_id or Path(args.slide).stem
     tiling = config["tiling"]
     if args.qc:
-        qc = json.loads(Path(args.qc).read_text())
+        qc = atomic.read_json(args.qc)
         if qc["status"] == "failed":
             log.warning("%s: QC failed, writing an empty grid: %s", slide_id, "; ".join(qc["reasons"]))
             write_tile_grid(args.out, failed_grid(slide_id, "QC failed: " + "; ".join(qc["reasons"]), tiling))

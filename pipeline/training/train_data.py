@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import atomic
 from pipeline.errors import TriageError
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ def render_textures(n_per_class: int, classes: list[str], target_mpp: float, siz
 # ---- annotated slides (QuPath GeoJSON) ----------------------------------------------------------------------
 def read_geojson_annotations(path: str | Path) -> list[tuple[str, list[np.ndarray]]]:
     """(class name, [polygon rings as (n, 2) level-0 x/y arrays]) per annotation of a QuPath GeoJSON export."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = atomic.read_json(path)
     features = data["features"] if data.get("type") == "FeatureCollection" else [data]
     out = []
     for feat in features:
