@@ -12,16 +12,6 @@ from pipeline.bench import benchmark, readbench
 from pipeline.errors import TriageError
 
 
-def _synth_has_write_slide() -> bool:
-    try:
-        from pipeline.synth import make_slides as synth
-    except ImportError:
-        return False
-    return hasattr(synth, "write_slide")
-
-
-@pytest.mark.skipif(not _synth_has_write_slide(),
-                    reason="pipeline.synth.make_slides.write_slide not there yet: the benchmark generates its slides with it")
 def test_quick_benchmark_runs_every_measurement(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "pipeline", "benchmark", "--quick", "--cache-dir", str(tmp_path),

@@ -1,6 +1,6 @@
 """``python -m pipeline benchmark``: every stage of the triage measured against its physical bound.
 
-For each slide -- generated once by :func:`pipeline.synth.make_slides.write_slide` (Aperio-style SVS, JPEG tiles, 4x
+For each slide -- generated once by :func:`pipeline.synth.slide_writer.write_slide` (Aperio-style SVS, JPEG tiles, 4x
 pyramid, 0.25 um/px, ~40 % tissue) and cached outside the repository, or given with ``--slide`` -- it measures:
 
 * **qc + grid**: tissue detection (:func:`pipeline.slides.qc.qc_slide`) and the tile grid
@@ -76,18 +76,16 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def cached_slide(cache_dir: Path, width: int, height: int, seed: int = 0) -> Path:
-    """The generated benchmark slide of this size, written by pipeline.synth.make_slides the first time it is asked for."""
-    from pipeline.synth import make_slides as synth
+    """The generated benchmark slide of this size, written by pipeline.synth the first time it is asked for."""
+    from pipeline.synth.slide_writer import write_slide
+    from pipeline.synth.version import VERSION
 
-    if not hasattr(synth, "write_slide"):
-        raise TriageError("pipeline.synth.make_slides has no write_slide(); pass existing slides with --slide")
-    version = getattr(synth, "VERSION", 0)
-    path = cache_dir / f"bench-{width}x{height}-mpp{SLIDE_MPP}-seed{seed}-synth{version}.svs"
+    path = cache_dir / f"bench-{width}x{height}-mpp{SLIDE_MPP}-seed{seed}-synth{VERSION}.svs"
     if not path.is_file():
         log.info("generating %s (once; cached in %s)", path.name, cache_dir)
         t0 = time.perf_counter()
-        synth.write_slide(path, width=width, height=height, mpp=SLIDE_MPP, seed=seed, stain="HE", layout="mixed",
-                          fmt="svs", tissue_fraction=TISSUE_FRACTION, workers=max(1, min(4, os.cpu_count() or 1)))
+        write_slide(path, width=width, height=height, mpp=SLIDE_MPP, seed=seed, stain="HE", layout="mixed",
+                    fmt="svs", tissue_fraction=TISSUE_FRACTION, workers=max(1, min(4, os.cpu_count() or 1)))
         log.info("generated %s in %.0f s", path.name, time.perf_counter() - t0)
     return path
 
