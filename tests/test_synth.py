@@ -51,6 +51,21 @@ def test_generic_tiff_opens_with_mpp_from_resolution_tags(tmp_path):
     assert s.level_count == 2
 
 
+def test_slide_rendered_at_level0_resolution_keeps_its_bands_aligned(tmp_path):
+    """From 0.75 um/px on, tissue is rendered at level-0 resolution (no upsampling): every band still holds
+    exactly its rows, so the file has all its levels and level 0 matches the rendered region."""
+    path = tmp_path / "coarse.tif"
+    write_slide(path, width=2048, height=600, mpp=1.0, seed=3, layout="mixed", fmt="tif", truth=False)
+    s = openslide.OpenSlide(str(path))
+    assert s.level_dimensions == ((2048, 600), (512, 150))
+    expected = render_region(make_layout(3, 2048.0, 600.0, "mixed", 0.4), Stain.for_slide("HE", 3),
+                             200.0, 0.0, 600, 600, 1.0).astype(float)
+    got = np.asarray(s.read_region((200, 0), 0, (600, 600)).convert("RGB")).astype(float)
+    aligned = np.abs(got - expected).mean()
+    shifted = np.abs(got[2:] - expected[:-2]).mean()
+    assert aligned < 0.5 * shifted, (aligned, shifted)
+
+
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     kw = dict(width=1024, height=768, mpp=0.5, layout="leiomyosarcoma", truth=False)
     a, b, c = tmp_path / "a.svs", tmp_path / "b.svs", tmp_path / "c.svs"
