@@ -11,7 +11,6 @@ import torch
 from pipeline.errors import ModelError
 from pipeline.he.models import (
     ARCHITECTURES,
-    CLASSES,
     INTENDED_USE,
     TileClassifier,
     load_model,
@@ -20,6 +19,7 @@ from pipeline.he.models import (
     save_weights,
     sha256_file,
 )
+from pipeline.he.slide_call import CLASSES
 
 
 def write_model(directory, architecture="small_cnn", ood_scale=10.0, **card_overrides):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, absolute_sheet, require_sample_cohort, snakemake_cmd
-from pipeline.synth import make_slides as synth
+from pipeline.synth.tiff_writer import FAKE_IDENTIFIERS
 
 # run metadata records when and where a run happened, and the effective config (results/config.yaml) names the
 # run's own sample sheet file; everything else must be byte-identical
@@ -130,8 +130,8 @@ def test_no_temporary_file_is_left_behind(resumed_run):
 
 
 def test_no_output_carries_the_slides_identifiers(cohort_run):
-    """The sample SVS files carry a fake label, macro and identifying properties (synth.FAKE_IDENTIFIERS)."""
-    needles = [v.encode() for k, v in synth.FAKE_IDENTIFIERS.items() if len(v) >= 6]
+    """The sample SVS files carry a fake label, macro and identifying properties (FAKE_IDENTIFIERS)."""
+    needles = [v.encode() for k, v in FAKE_IDENTIFIERS.items() if len(v) >= 6]
     hits = []
     for p in (cohort_run / "results").rglob("*"):
         if p.is_file():
@@ -147,4 +147,4 @@ def test_sample_slides_really_carry_identifiers():
     require_sample_cohort()
     s = openslide.OpenSlide(str(ROOT / "slides_sample" / "A-HE.svs"))
     assert {"label", "macro"} <= set(s.associated_images)
-    assert synth.FAKE_IDENTIFIERS["Filename"] in s.properties.get("aperio.Filename", "")
+    assert FAKE_IDENTIFIERS["Filename"] in s.properties.get("aperio.Filename", "")

@@ -11,17 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline.synth import make_slides as synth
-from pipeline.synth.tissue import (
-    CLASS_ID,
-    CLASSES,
-    COARSE,
-    COMPARTMENT,
-    Stain,
-    make_layout,
-    render_patch,
-    render_region,
-)
+from pipeline.synth import cohort
+from pipeline.synth.classes import CLASS_ID, CLASSES, COARSE, COMPARTMENT
+from pipeline.synth.colour import Stain
+from pipeline.synth.layout import make_layout
+from pipeline.synth.render import render_patch, render_region
+from pipeline.synth.slide_writer import write_slide
 
 openslide = pytest.importorskip("openslide")
 
@@ -29,7 +24,7 @@ openslide = pytest.importorskip("openslide")
 @pytest.fixture(scope="module")
 def small_svs(tmp_path_factory):
     path = tmp_path_factory.mktemp("synth") / "mixed.svs"
-    rec = synth.write_slide(path, width=3000, height=2600, mpp=0.5, seed=7, layout="mixed", identifiers=True)
+    rec = write_slide(path, width=3000, height=2600, mpp=0.5, seed=7, layout="mixed", identifiers=True)
     return path, rec
 
 
@@ -47,7 +42,7 @@ def test_svs_opens_with_mpp_levels_power_and_associated_images(small_svs):
 
 def test_generic_tiff_opens_with_mpp_from_resolution_tags(tmp_path):
     path = tmp_path / "plain.tif"
-    synth.write_slide(path, width=2300, height=1100, mpp=0.25, seed=1, layout="benign_soft_tissue", fmt="tif",
+    write_slide(path, width=2300, height=1100, mpp=0.25, seed=1, layout="benign_soft_tissue", fmt="tif",
                       truth=False)
     s = openslide.OpenSlide(str(path))
     assert s.properties["openslide.vendor"] == "generic-tiff"
@@ -56,12 +51,27 @@ def test_generic_tiff_opens_with_mpp_from_resolution_tags(tmp_path):
     assert s.level_count == 2
 
 
+def test_slide_rendered_at_level0_resolution_keeps_its_bands_aligned(tmp_path):
+    """From 0.75 um/px on, tissue is rendered at level-0 resolution (no upsampling): every band still holds
+    exactly its rows, so the file has all its levels and level 0 matches the rendered region."""
+    path = tmp_path / "coarse.tif"
+    write_slide(path, width=2048, height=600, mpp=1.0, seed=3, layout="mixed", fmt="tif", truth=False)
+    s = openslide.OpenSlide(str(path))
+    assert s.level_dimensions == ((2048, 600), (512, 150))
+    expected = render_region(make_layout(3, 2048.0, 600.0, "mixed", 0.4), Stain.for_slide("HE", 3),
+                             200.0, 0.0, 600, 600, 1.0).astype(float)
+    got = np.asarray(s.read_region((200, 0), 0, (600, 600)).convert("RGB")).astype(float)
+    aligned = np.abs(got - expected).mean()
+    shifted = np.abs(got[2:] - expected[:-2]).mean()
+    assert aligned < 0.5 * shifted, (aligned, shifted)
+
+
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     kw = dict(width=1024, height=768, mpp=0.5, layout="leiomyosarcoma", truth=False)
     a, b, c = tmp_path / "a.svs", tmp_path / "b.svs", tmp_path / "c.svs"
-    synth.write_slide(a, seed=3, **kw)
-    synth.write_slide(b, seed=3, **kw)
-    synth.write_slide(c, seed=4, **kw)
+    write_slide(a, seed=3, **kw)
+    write_slide(b, seed=3, **kw)
+    write_slide(c, seed=4, **kw)
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
 
@@ -72,7 +82,7 @@ def test_unknown_stain_layout_or_format_is_refused(tmp_path):
     for bad, match in (({"stain": "CK5000"}, "unknown stain 'CK5000'"), ({"layout": "kidney"}, "unknown layout"),
                        ({"fmt": "png"}, "unknown slide format")):
         with pytest.raises(TriageError, match=match):
-            synth.write_slide(tmp_path / "x.svs", width=512, height=512, mpp=0.5, **bad)
+            write_slide(tmp_path / "x.svs", width=512, height=512, mpp=0.5, **bad)
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
@@ -162,8 +172,8 @@ def test_compartments_agree_with_the_marker_knowledge_base():
 
 
 def _peak_rss_mb(height: int, tmp_path) -> float:
-    code = ("import resource, sys; from pipeline import synth; "
-            f"synth.write_slide(sys.argv[1], width=2048, height={height}, mpp=0.5, seed=2, layout='mixed', "
+    code = ("import resource, sys; from pipeline.synth.slide_writer import write_slide; "
+            f"write_slide(sys.argv[1], width=2048, height={height}, mpp=0.5, seed=2, layout='mixed', "
             "truth=False); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"h{height}.svs")], capture_output=True,
                          text=True, check=True, cwd=ROOT)
@@ -183,11 +193,11 @@ def test_sample_cohort_truth_and_sheet_agree():
         rows = {r["slide_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
     with open(truth, newline="") as fh:
         expected = {r["slide_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
-    assert rows.keys() == expected.keys() == {s for _, s, *_ in synth.SAMPLE_COHORT}
-    for case, slide, layout, stain, fmt in synth.SAMPLE_COHORT:
+    assert rows.keys() == expected.keys() == {s for _, s, *_ in cohort.SAMPLE_COHORT}
+    for case, slide, layout, stain, fmt in cohort.SAMPLE_COHORT:
         assert rows[slide]["stain"] == stain and rows[slide]["case_id"] == case
         assert rows[slide]["path"] == f"slides_sample/{slide}.{fmt}"
-        call, pct, _ = synth.expected_slide_result(layout, stain)
+        call, pct, _ = cohort.expected_slide_result(layout, stain)
         assert expected[slide]["expected_slide_call"] == call
         assert float(expected[slide]["tumour_positive_pct"]) == pct
     assert expected["A-desmin"]["expected_slide_call"] == "negative"
@@ -197,9 +207,9 @@ def test_sample_cohort_truth_and_sheet_agree():
 def test_generated_sample_slides_open_with_their_mpp():
     if not (ROOT / "slides_sample" / ".stamp").is_file():
         pytest.skip("sample cohort not generated: run `make slides` (make test does it first)")
-    for _, slide, _, stain, fmt in synth.SAMPLE_COHORT:
+    for _, slide, _, stain, fmt in cohort.SAMPLE_COHORT:
         s = openslide.OpenSlide(str(ROOT / "slides_sample" / f"{slide}.{fmt}"))
-        assert float(s.properties["openslide.mpp-x"]) == pytest.approx(synth.SAMPLE_MPP)
-        assert s.dimensions == synth.SAMPLE_SIZE_PX
+        assert float(s.properties["openslide.mpp-x"]) == pytest.approx(cohort.SAMPLE_MPP)
+        assert s.dimensions == cohort.SAMPLE_SIZE_PX
         rec = json.loads((ROOT / "slides_sample" / f"{slide}.{fmt}.truth.json").read_text())
         assert rec["stain"] == stain

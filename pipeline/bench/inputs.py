@@ -1,6 +1,6 @@
 """What the benchmark measures on: the slides (generated once and cached, or given) and the model.
 
-Slides come from :func:`pipeline.synth.make_slides.write_slide` (Aperio-style SVS, JPEG tiles, 4x pyramid,
+Slides come from :func:`pipeline.synth.slide_writer.write_slide` (Aperio-style SVS, JPEG tiles, 4x pyramid,
 0.25 um/px, ~40 % tissue), cached outside the repository. The model is ``--model``, else the config's default
 model, else an untrained stand-in written once into the cache (same speed, meaningless scores).
 
@@ -43,15 +43,16 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def cached_slide(cache_dir: Path, width: int, height: int, seed: int = 0) -> Path:
-    """The generated benchmark slide of this size, written by pipeline.synth.make_slides the first time it is
+    """The generated benchmark slide of this size, written by pipeline.synth.slide_writer the first time it is
     asked for."""
-    from pipeline.synth import make_slides as synth
+    from pipeline.synth.slide_writer import write_slide
+    from pipeline.synth.version import VERSION
 
-    path = cache_dir / f"bench-{width}x{height}-mpp{SLIDE_MPP}-seed{seed}-synth{synth.VERSION}.svs"
+    path = cache_dir / f"bench-{width}x{height}-mpp{SLIDE_MPP}-seed{seed}-synth{VERSION}.svs"
     if not path.is_file():
         log.info("generating %s (once; cached in %s)", path.name, cache_dir)
         t0 = time.perf_counter()
-        synth.write_slide(path, width=width, height=height, mpp=SLIDE_MPP, seed=seed, stain="HE", layout="mixed",
+        write_slide(path, width=width, height=height, mpp=SLIDE_MPP, seed=seed, stain="HE", layout="mixed",
                           fmt="svs", tissue_fraction=TISSUE_FRACTION, workers=max(1, min(4, os.cpu_count() or 1)))
         log.info("generated %s in %.0f s", path.name, time.perf_counter() - t0)
     return path
@@ -82,7 +83,8 @@ def write_untrained_model(directory: Path, architecture: str = "small_cnn") -> P
     """A random-weight classifier with a valid card, for measuring speed without a trained model."""
     import torch
 
-    from pipeline.he.models import CLASSES, INTENDED_USE, TileClassifier, save_weights
+    from pipeline.he.models import INTENDED_USE, TileClassifier, save_weights
+    from pipeline.he.slide_call import CLASSES
 
     torch.manual_seed(0)
     model = TileClassifier(architecture, len(CLASSES))

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.training.labelled_images import CLASSES, LabelledImage, image_tiles, load_rgb
+from pipeline.he.slide_call import CLASSES
+from pipeline.training.labelled_images import LabelledImage, image_tiles, load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,10 @@ Steps: gather patches (labelled folders, synthetic, annotated slides; train_data
 source / seed; train with class-balanced sampling and histology augmentation (bf16 autocast on CPU); keep the
 checkpoint with the best validation loss; fit the temperature on validation tiles; fit the OOD statistics
 (class means and shared covariance of training features); evaluate the test split per source (AUC with
-bootstrap CIs, confusion matrix); measure bf16-vs-fp32 differences and tiles/s; write weights and card.
+bootstrap CIs, confusion matrix); measure bf16-vs-fp32 differences and tiles/s; write weights and card
+(train_card.py). Public: :func:`train_one`, :func:`train_candidates`, :func:`choose`, :func:`calibrate_and_fit_ood`,
+:func:`test_metrics`, :func:`gather`, the model passes (:func:`run_tiles`, :func:`fit_ood`, :func:`measure_speed`)
+and the CLI (:func:`configure_parser`, :func:`run`).
 
 With several ``--architecture`` values each is trained with an equal share of the budget and the card's
 ``architecture_selection`` records them all; the most accurate one that reaches ``--min-tiles-per-s`` wins.
@@ -16,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +28,9 @@ import torch.nn.functional as F
 
 from pipeline import atomic
 from pipeline.errors import TriageError
-from pipeline.he.models import CARD_VERSION, CLASSES, INTENDED_USE, TileClassifier, save_weights
+from pipeline.he.models import TileClassifier, save_weights
+from pipeline.he.slide_call import CLASSES
+from pipeline.training.train_card import OOD_QUANTILE, OOD_SHRINKAGE, build_card
 from pipeline.training.train_data import (
     SPLITS,
     Patch,
@@ -43,8 +47,6 @@ from pipeline.training.train_metrics import evaluate, expected_calibration_error
 
 log = logging.getLogger(__name__)
 EVAL_CROPS_MAX = 4  # evaluation tiles per large patch: up to a 2 x 2 grid of non-overlapping centre crops
-OOD_QUANTILE = 0.99
-OOD_SHRINKAGE = 0.1
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -223,15 +225,6 @@ def test_metrics(model: TileClassifier, patches: list[Patch], classes: list[str]
     return metrics, precision
 
 
-def count_table(data: dict[str, list[Patch]], classes: list[str]) -> dict:
-    table: dict = {}
-    for split, patches in data.items():
-        for p in patches:
-            entry = table.setdefault(p.source, {}).setdefault(split, dict.fromkeys(classes, 0))
-            entry[classes[p.label]] += 1
-    return table
-
-
 # ---- CLI --------------------------------------------------------------------------------------------------
 def configure_parser(parser) -> None:
     parser.add_argument("--out", required=True, help="model directory to write (models/<model_id>)")
@@ -304,17 +297,9 @@ def gather(args, classes: list[str]) -> dict[str, list[Patch]]:
     return data
 
 
-def run(args) -> None:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    classes = list(CLASSES)
-    out = Path(args.out)
-    model_id = args.model_id or out.name
+def train_candidates(args, data: dict[str, list[Patch]], classes: list[str], mean, std) -> list[dict]:
+    """Train each ``--architecture`` with an equal share of the time budget; validation metrics and tiles/s."""
     archs = [a.strip() for a in args.architecture.split(",") if a.strip()]
-    t0 = time.perf_counter()
-    data = gather(args, classes)
-    log.info("patches: %s", {s: len(v) for s, v in data.items()})
-    mean, std = channel_stats(data["train"], seed=args.seed)
     budget_s = args.time_budget_min * 60 / len(archs)
     candidates = []
     for arch in archs:
@@ -327,66 +312,46 @@ def run(args) -> None:
         speed = measure_speed(model, args.tile_px, 64, args.speed_seconds)
         candidates.append({"architecture": arch, "model": model, "info": info, "val": val, "tiles_per_s": speed})
         log.info("%s: val balanced accuracy %s, %.0f tiles/s", arch, val.get("balanced_accuracy"), speed)
-    fast = [c for c in candidates if c["tiles_per_s"] >= args.min_tiles_per_s] or candidates
-    chosen = max(fast, key=lambda c: ((c["val"].get("balanced_accuracy") or 0.0), c["tiles_per_s"]))
+    return candidates
+
+
+def choose(candidates: list[dict], min_tiles_per_s: float) -> dict:
+    """The most accurate candidate (validation balanced accuracy) among those fast enough (all if none is)."""
+    fast = [c for c in candidates if c["tiles_per_s"] >= min_tiles_per_s] or candidates
+    return max(fast, key=lambda c: ((c["val"].get("balanced_accuracy") or 0.0), c["tiles_per_s"]))
+
+
+def _performance_record(model: TileClassifier, args) -> dict:
+    speed_fp32 = measure_speed(model, args.tile_px, 64, args.speed_seconds, bf16=False)
+    speed_bf16 = measure_speed(model, args.tile_px, 64, args.speed_seconds, bf16=True)
+    return {"tiles_per_s": round(speed_bf16, 1), "tiles_per_s_fp32": round(speed_fp32, 1),
+            "precision": "bf16 autocast, channels_last", "batch_size": 64, "threads": args.threads,
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+                       f"torch threads, torch {torch.__version__}",
+            "measured": "bare forward pass (TileClassifier.score) on random uint8 tiles"}
+
+
+def run(args) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    classes = list(CLASSES)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    data = gather(args, classes)
+    log.info("patches: %s", {s: len(v) for s, v in data.items()})
+    mean, std = channel_stats(data["train"], seed=args.seed)
+    candidates = train_candidates(args, data, classes, mean, std)
+    chosen = choose(candidates, args.min_tiles_per_s)
     model = chosen["model"]
     calibration = calibrate_and_fit_ood(model, data, args.tile_px)
     metrics, precision = test_metrics(model, data["test"], classes, args.tile_px, args.bootstrap, args.seed)
-    speed_fp32 = measure_speed(model, args.tile_px, 64, args.speed_seconds, bf16=False)
-    speed_bf16 = measure_speed(model, args.tile_px, 64, args.speed_seconds, bf16=True)
+    performance = _performance_record(model, args)
     weights_file = "weights.pt"
     sha = save_weights(model, out / weights_file)
-    card = {
-        "card_version": CARD_VERSION, "model_id": model_id, "architecture": chosen["architecture"],
-        "classes": classes, "tile_px": args.tile_px, "mpp": args.mpp,
-        "normalisation": {"mean": mean, "std": std},
-        "calibration": calibration,
-        "ood": {"method": "Mahalanobis distance to the nearest class mean, shared shrunk covariance of "
-                          "training features; divided by its validation quantile",
-                "quantile": OOD_QUANTILE, "feature_dim": int(model.ood_means.shape[1]), "shrinkage": OOD_SHRINKAGE},
-        "precision": {"bf16_allowed": precision["bf16_call_agreement"] >= 0.99, **precision},
-        "weights": {"file": weights_file, "sha256": sha, "bytes": (out / weights_file).stat().st_size,
-                    "parameters": int(sum(p.numel() for p in model.parameters()))},
-        "intended_use": INTENDED_USE,
-        "training_data": {"counts": count_table({k: v for k, v in data.items() if k != "test"}, classes),
-                          "patch_folders": [str(p) for p in args.patches], "assumed_mpp": args.assume_mpp,
-                          "synthetic_per_class": args.synthetic, "textures_per_class": args.textures,
-                          "annotated_slides": args.annotated,
-                          "resampling": f"each patch resampled from its own um/px to {args.mpp} um/px; patches "
-                                        f"smaller than {args.tile_px} px tiled as same-class same-source mosaics",
-                          "augmentation": "random crop with +-15% scale jitter, flips, 90-degree rotations, HED "
-                                          "stain jitter (scale 5%, shift 0.03), brightness 8%, contrast 10%, "
-                                          "Gaussian blur (20% of tiles, sigma 0.5-1.5 px)",
-                          "sampling": "class-balanced; within a class sources weighted by sqrt(size)"},
-        "test_data": {"counts": count_table({"test": data["test"]}, classes),
-                      "split": "by source, case, slide or synthetic seed -- never by tile"},
-        "metrics": metrics,
-        "performance": {"tiles_per_s": round(speed_bf16, 1), "tiles_per_s_fp32": round(speed_fp32, 1),
-                        "precision": "bf16 autocast, channels_last", "batch_size": 64, "threads": args.threads,
-                        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-                                   f"torch threads, torch {torch.__version__}",
-                        "measured": "bare forward pass (TileClassifier.score) on random uint8 tiles"},
-        "training": {"seed": args.seed, "steps": chosen["info"]["steps_run"], "best_step": chosen["info"]["best_step"],
-                     "batch_size": args.batch_size, "lr": args.lr, "optimiser": "AdamW (wd 0.05), one-cycle",
-                     "loss": "cross-entropy, label smoothing 0.05", "precision": "bf16 autocast",
-                     "seconds": round(time.perf_counter() - t0, 1), "history": chosen["info"]["history"],
-                     "command": "python -m pipeline train " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])},
-        "architecture_selection": {
-            "rule": f"highest validation balanced accuracy among architectures reaching {args.min_tiles_per_s:g} "
-                    "tiles/s (bare forward, bf16, 2 threads)",
-            "candidates": [{"architecture": c["architecture"], "tiles_per_s": round(c["tiles_per_s"], 1),
-                            "val_balanced_accuracy": c["val"].get("balanced_accuracy"),
-                            "val_accuracy": c["val"].get("accuracy"), "steps": c["info"]["steps_run"],
-                            "train_seconds": c["info"]["seconds"]} for c in candidates],
-            "chosen": chosen["architecture"]},
-        "limitations": [
-            "Research / decision support only; not validated for clinical use.",
-            "Real carcinoma and sarcoma training patches come from different organs, centres and scales "
-            "(colorectal 0.5 um/px vs osteosarcoma ~1 um/px): per-source results, not a clinical accuracy.",
-            "All real sarcoma patches come from one osteosarcoma case; its test slides share that patient.",
-            "Trained mostly on synthetic tissue: tissue unlike it raises the OOD score and the slide call refers.",
-        ],
-    }
+    card = build_card(args, out, model, classes=classes, data=data, normalisation={"mean": mean, "std": std},
+                      calibration=calibration, precision=precision, weights={"file": weights_file, "sha256": sha},
+                      metrics=metrics, performance=performance, candidates=candidates, chosen=chosen,
+                      seconds=time.perf_counter() - t0)
     atomic.write_json(out / "card.json", card)
     log.info("wrote %s (%s, %s); test: %s", out, chosen["architecture"], sha[:12],
              {s: m.get("balanced_accuracy") for s, m in metrics.get("per_source", {}).items()})

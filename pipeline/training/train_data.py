@@ -5,7 +5,7 @@ Sources (all resampled to the model's um/px with the patch's own um/px):
 * labelled patch folders -- ``<class>/<image>`` plus a labels CSV (``path``, ``coarse_label``, ``mpp_um``,
   ``dataset``), as ../shared/data/patches. Rows without ``mpp_um`` need an explicit ``--assume-mpp`` for their
   dataset; nothing is guessed silently.
-* synthetic H&E patches from :func:`pipeline.synth.make_slides.render_patch` (a fresh seed per patch).
+* synthetic H&E patches from :func:`pipeline.synth.render.render_patch` (a fresh seed per patch).
 * procedural tissue textures (pipeline/training/train_textures.py): each class's morphology under random stain colours.
 * annotated slides: QuPath GeoJSON polygons with a classification name, cut into tiles.
 
@@ -167,19 +167,12 @@ def pad_small_patches(patches: list[Patch], tile_px: int, seed: int = 0) -> list
 
 # ---- synthetic patches ------------------------------------------------------------------------------------
 def synth_classes(classes: list[str]) -> dict[int, int]:
-    """Fine synthetic tissue class id -> model class index, from pipeline.synth.make_slides's COARSE map."""
-    from pipeline.synth import make_slides as synth
+    """Fine synthetic tissue class id -> model class index, from pipeline.synth.classes.COARSE."""
+    from pipeline.synth.classes import COARSE
 
-    coarse = synth.COARSE
-    fine_ids = list(coarse) if isinstance(coarse, dict) else list(range(len(synth.CLASSES)))
-    mapping = {}
-    for fine in fine_ids:
-        name = coarse[fine] if isinstance(coarse, dict) else coarse[fine]
-        name = {"non-tumour": "non_tumour", "normal": "non_tumour", "benign": "non_tumour"}.get(name, name)
-        if name in classes:
-            mapping[int(fine)] = classes.index(name)
+    mapping = {int(fine): classes.index(name) for fine, name in COARSE.items() if name in classes}
     if not mapping:
-        raise TriageError("pipeline.synth.make_slides.COARSE maps no tissue class to the model's classes")
+        raise TriageError("pipeline.synth.classes.COARSE maps no tissue class to the model's classes")
     return mapping
 
 
@@ -188,9 +181,10 @@ def render_synthetic(n_per_class: int, classes: list[str], target_mpp: float, si
     """``n_per_class`` synthetic H&E patches per model class (fine classes in turn), seeds from ``seed`` up.
 
     Each patch has its own seed (its own "slide"); splits use disjoint seed ranges. With ``cache_dir`` the
-    rendered patches are kept in an .npz keyed by the recipe and the synth module's source hash.
+    rendered patches are kept in an .npz keyed by the recipe and the generator's source hash.
     """
-    from pipeline.synth import make_slides as synth
+    from pipeline.synth.render import render_patch
+    from pipeline.synth.version import sources_hash
 
     fine = synth_classes(classes)
     by_class: dict[int, list[int]] = {}
@@ -202,14 +196,14 @@ def render_synthetic(n_per_class: int, classes: list[str], target_mpp: float, si
             recipe.append((fines[i % len(fines)], c, seed + len(recipe)))
     cache = None
     if cache_dir:
-        src = Path(synth.__file__).read_bytes()
+        src = sources_hash().encode()
         key = hashlib.sha256(json.dumps([recipe, target_mpp, size_px]).encode() + src).hexdigest()[:16]
         cache = Path(cache_dir) / f"synth-{split}-{key}.npz"
         if cache.is_file():
             images = np.load(cache)["images"]
             return [Patch(img, c, "synthetic", f"synth-{s}", split, f"synth:class={f},seed={s}")
                     for img, (f, c, s) in zip(images, recipe, strict=True)]
-    images = np.stack([synth.render_patch(f, s, target_mpp, size_px) for f, _, s in recipe])
+    images = np.stack([render_patch(f, s, target_mpp, size_px) for f, _, s in recipe])
     if cache is not None:
         from pipeline.atomic import atomic_path
 

@@ -32,8 +32,9 @@ import torch
 from pipeline import atomic
 from pipeline.errors import TriageError
 from pipeline.he.models import CARD_VERSION, INTENDED_USE, TileClassifier, lite0_name, save_weights
+from pipeline.he.slide_call import CLASSES
 from pipeline.training.heads import balanced_weights, fit_head, fit_ood, loso_predictions
-from pipeline.training.labelled_images import CLASSES, parse_assume_mpp, read_labels
+from pipeline.training.labelled_images import parse_assume_mpp, read_labels
 from pipeline.training.real_metrics import real_metrics
 from pipeline.training.tile_features import cached_taps
 from pipeline.training.train_metrics import expected_calibration_error, fit_temperature, nll, softmax

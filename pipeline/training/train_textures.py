@@ -5,7 +5,7 @@ osteosarcoma case, pink, ~1 um/px), so a model can learn colour instead of morph
 class its defining morphology -- carcinoma: glands, solid nests, squamous nests with keratin pearls; sarcoma:
 spindle-cell fascicles, pleomorphic sheets, atypical cells in osteoid; non-tumour: fat, muscle, collagenous
 stroma, lymphocytes, vessels, necrotic debris -- under random haematoxylin/eosin strengths, so colour carries no
-class information. They complement pipeline.synth.make_slides's patches (used as well when that module is present).
+class information. They complement pipeline.synth.render's patches (used as well).
 
 Rendering: haematoxylin and eosin optical-density maps (um-scaled geometry, drawn at ``mpp`` um/px) turned into
 RGB with the Beer-Lambert law and the Ruifrok & Johnston stain vectors.
