@@ -111,6 +111,8 @@ def render_band(band: int) -> np.ndarray:
         grain = _grain(spec)
         reps = (BAND_PX // 256, width_pad // 256, 1)
         img = np.clip(img.astype(np.int16) + np.tile(grain, reps), 0, 255).astype(np.uint8)
+    else:  # rendered at level 0: drop the padding rows as well
+        img = img[pad: pad + BAND_PX]
     return np.ascontiguousarray(img)
 
 

@@ -5,8 +5,8 @@ renders the same pixels whichever band or tile it is rendered with: slides are w
 and an IHC slide of a case has exactly the cells of its H&E slide (same layout seed, other colours).
 
 * :func:`make_layout`: a low-resolution map of tissue classes (:data:`CLASSES`) at ``layout_um`` um/px -- a
-  tissue piece on glass with a tumour region of the case's type inside soft tissue (stroma, fat, muscle,
-  lymphoid aggregates) -- plus a field of fibre/fascicle directions. The class map is the ground truth.
+  tissue piece on glass with a tumour region of the case's type inside soft tissue (stroma, loose/myxoid stroma,
+  fat, muscle, lymphoid aggregates) -- plus a field of fibre/fascicle directions. The class map is the ground truth.
 * :func:`render_region`: RGB pixels of a rectangle of the slide at ``mpp`` um/px. Cells are drawn from hashed
   lattices (each cell's position, size, shape and marker positivity come from a hash of its lattice index), so
   nuclear size is physical (7-12 um across for tumour nuclei; spindle nuclei 12-22 um long).
@@ -24,11 +24,11 @@ from scipy import ndimage as ndi
 
 # ---- classes and expression ---------------------------------------------------------------------------------
 CLASSES = ("glass", "adenocarcinoma", "squamous_carcinoma", "spindle_sarcoma", "pleomorphic_sarcoma",
-           "skeletal_muscle", "adipose", "fibrous_stroma", "lymphoid")
+           "skeletal_muscle", "adipose", "fibrous_stroma", "lymphoid", "myxoid_stroma")
 CLASS_ID = {name: i for i, name in enumerate(CLASSES)}
 # fine class id -> the model's coarse class (glass has none)
 COARSE = {1: "carcinoma", 2: "carcinoma", 3: "sarcoma", 4: "sarcoma", 5: "non_tumour", 6: "non_tumour",
-          7: "non_tumour", 8: "non_tumour"}
+          7: "non_tumour", 8: "non_tumour", 9: "non_tumour"}
 TUMOUR_CLASSES = (1, 2, 3, 4)
 
 # Where each marker we draw is expressed (agrees with configs/markers.yaml; tested).
@@ -55,6 +55,7 @@ EXPRESSION: dict[str, dict[str, tuple[float, int]]] = {
     "adipose": {"S100": (0.7, 2), "vimentin": (0.8, 2)},
     "fibrous_stroma": {"CD34": (0.6, 2), "vimentin": (0.9, 2), "Ki67": (0.01, 2)},
     "lymphoid": {"Ki67": (0.1, 3), "vimentin": (0.9, 2)},
+    "myxoid_stroma": {"CD34": (0.3, 2), "vimentin": (0.9, 2)},
     "vessel_wall": {"SMA": (1.0, 3), "desmin": (0.5, 2), "vimentin": (0.9, 2)},
     "endothelium": {"CD34": (1.0, 3), "vimentin": (0.9, 2)},
 }
@@ -82,7 +83,8 @@ LAYOUTS = {
                                       "lymphoid": 0.05}},
     "mixed": {"tumour": {"adenocarcinoma": 0.25, "squamous_carcinoma": 0.25, "spindle_sarcoma": 0.25,
                          "pleomorphic_sarcoma": 0.25}, "tumour_share": 0.5,
-              "normal": {"skeletal_muscle": 0.3, "adipose": 0.3, "fibrous_stroma": 0.35, "lymphoid": 0.05}},
+              "normal": {"skeletal_muscle": 0.3, "adipose": 0.3, "fibrous_stroma": 0.35, "lymphoid": 0.05,
+                         "myxoid_stroma": 0.15}},
 }
 
 
@@ -481,6 +483,14 @@ def _draw(layout: Layout, stain: Stain, cv: Canvas, C: np.ndarray, present: set[
                 cv.d += np.where(membrane, DAB_OD[lvl] * 0.9, 0)
         an = cells_for(90.0, 31, (cid["adipose"],))
         add_cells(an, "adipose", 4.0, 1.3, an.u(2) * np.pi, 0.7)
+    # -- loose / myxoid stroma: pale bluish ground substance, wisps of collagen, sparse stellate cells --------
+    if cid["myxoid_stroma"] in present:
+        mx = cid["myxoid_stroma"] == C
+        wisp = np.clip(fibre_noise(X, Y, ang_px, 30.0, 2.5, s + 110) - 0.55, 0, 1).astype(np.float32)
+        cv.h += np.where(mx, 0.025 + 0.025 * value_noise(cv.xs, cv.ys, 40.0, s + 111, grid=True), 0).astype(np.float32)
+        cv.e += np.where(mx, 0.04 + 0.35 * wisp, 0).astype(np.float32)
+        mc = cells_for(30.0, 112, (cid["myxoid_stroma"],), 0.5)
+        add_cells(mc, "myxoid_stroma", 3.5 + 2.0 * mc.u(0), 1.4 + 0.8 * mc.u(1), mc.u(2) * np.pi, 0.7, 7.0, 2.0, 0.15)
     # -- skeletal muscle: long eosinophilic fibres with peripheral nuclei -----------------------------------
     if cid["skeletal_muscle"] in present:
         mus = cid["skeletal_muscle"] == C
