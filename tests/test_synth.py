@@ -123,9 +123,10 @@ def test_truth_map_matches_what_was_drawn(small_svs):
         mean_od[CLASSES[cid]] = float(np.mean(ods))
     assert mean_od["glass"] < 0.03
     tissue = {k: v for k, v in mean_od.items() if k != "glass"}
-    assert tissue and min(v for k, v in tissue.items() if k != "adipose") > 0.05
-    if "adipose" in tissue:  # fat is nearly as pale as glass (empty cells), but has membranes
-        assert tissue["adipose"] > mean_od["glass"]
+    pale = {"adipose", "myxoid_stroma"}  # fat: empty cells with membranes; myxoid stroma: pale ground substance
+    assert tissue and min(v for k, v in tissue.items() if k not in pale) > 0.05
+    for name in pale & set(tissue):  # nearly as pale as glass, but not glass
+        assert tissue[name] > mean_od["glass"], mean_od
     for dense in set(tissue) & {"adenocarcinoma", "squamous_carcinoma", "spindle_sarcoma", "lymphoid"}:
         if "adipose" in tissue:
             assert tissue[dense] > tissue["adipose"], mean_od

@@ -126,6 +126,7 @@ def qc_slide(slide: Slide, config: dict, stain: str | None = None) -> tuple[dict
         thumb, thumb_mpp,
         saturation_min=params["saturation_min"], optical_density_min=params["optical_density_min"],
         min_object_um2=params["min_object_um2"], min_hole_um2=params["min_hole_um2"],
+        pale_chroma_min=params["pale_chroma_min"], membrane_closing_um=params["membrane_closing_um"],
     )
     metrics = qc_metrics(thumb, mask, thumb_mpp)
     too_coarse = resolution_problem(slide.mpp, *needed_mpp(config, stain))

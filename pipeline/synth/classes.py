@@ -9,11 +9,11 @@
 from __future__ import annotations
 
 CLASSES = ("glass", "adenocarcinoma", "squamous_carcinoma", "spindle_sarcoma", "pleomorphic_sarcoma",
-           "skeletal_muscle", "adipose", "fibrous_stroma", "lymphoid")
+           "skeletal_muscle", "adipose", "fibrous_stroma", "lymphoid", "myxoid_stroma")
 CLASS_ID = {name: i for i, name in enumerate(CLASSES)}
 # fine class id -> the model's coarse class (glass has none)
 COARSE = {1: "carcinoma", 2: "carcinoma", 3: "sarcoma", 4: "sarcoma", 5: "non_tumour", 6: "non_tumour",
-          7: "non_tumour", 8: "non_tumour"}
+          7: "non_tumour", 8: "non_tumour", 9: "non_tumour"}
 
 # Where each marker we draw is expressed (agrees with configs/markers.yaml; tested).
 COMPARTMENT = {
@@ -39,6 +39,7 @@ EXPRESSION: dict[str, dict[str, tuple[float, int]]] = {
     "adipose": {"S100": (0.7, 2), "vimentin": (0.8, 2)},
     "fibrous_stroma": {"CD34": (0.6, 2), "vimentin": (0.9, 2), "Ki67": (0.01, 2)},
     "lymphoid": {"Ki67": (0.1, 3), "vimentin": (0.9, 2)},
+    "myxoid_stroma": {"CD34": (0.3, 2), "vimentin": (0.9, 2)},
     "vessel_wall": {"SMA": (1.0, 3), "desmin": (0.5, 2), "vimentin": (0.9, 2)},
     "endothelium": {"CD34": (1.0, 3), "vimentin": (0.9, 2)},
 }

@@ -148,6 +148,18 @@ def _adipose(p: _Painter) -> None:
     p.add_cells(an, "adipose", 4.0, 1.3, an.u(2) * np.pi, 0.7)
 
 
+def _myxoid_stroma(p: _Painter) -> None:
+    """Loose / myxoid stroma: pale bluish ground substance, wisps of collagen, sparse stellate cells."""
+    cv, s = p.cv, p.s
+    X, Y = cv.XY
+    mx = CLASS_ID["myxoid_stroma"] == p.C
+    wisp = np.clip(fibre_noise(X, Y, p.ang_px, 30.0, 2.5, s + 110) - 0.55, 0, 1).astype(np.float32)
+    cv.h += np.where(mx, 0.025 + 0.025 * value_noise(cv.xs, cv.ys, 40.0, s + 111, grid=True), 0).astype(np.float32)
+    cv.e += np.where(mx, 0.04 + 0.35 * wisp, 0).astype(np.float32)
+    mc = p.cells_for(30.0, 112, (CLASS_ID["myxoid_stroma"],), 0.5)
+    p.add_cells(mc, "myxoid_stroma", 3.5 + 2.0 * mc.u(0), 1.4 + 0.8 * mc.u(1), mc.u(2) * np.pi, 0.7, 7.0, 2.0, 0.15)
+
+
 def _skeletal_muscle(p: _Painter) -> None:
     """Long eosinophilic fibres with peripheral nuclei."""
     cv, s, ang_px = p.cv, p.s, p.ang_px
@@ -280,6 +292,7 @@ def _pleomorphic_sarcoma(p: _Painter) -> None:
 # the drawing order of the classes after the stroma (later classes paint over earlier ones)
 _CLASS_STEPS = (
     ("adipose", _adipose),
+    ("myxoid_stroma", _myxoid_stroma),
     ("skeletal_muscle", _skeletal_muscle),
     ("lymphoid", _lymphoid),
     ("adenocarcinoma", _glands),

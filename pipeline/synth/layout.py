@@ -3,8 +3,8 @@
 * :data:`LAYOUTS`: per case type, its tumour classes, tumour share and non-tumour soft tissue;
 * :func:`make_layout`: a :class:`Layout` -- a low-resolution class map (ids of
   :data:`pipeline.synth.classes.CLASSES`) at ``layout_um`` um/px: a tissue piece on glass with a tumour region
-  inside soft tissue (stroma, fat, muscle, lymphoid aggregates), a field of fibre/fascicle directions and
-  optional artefact masks (pen, blur, fold, bubble);
+  inside soft tissue (stroma, loose/myxoid stroma, fat, muscle, lymphoid aggregates), a field of fibre/fascicle
+  directions and optional artefact masks (pen, blur, fold, bubble);
 * :func:`class_map`: the layout's class per pixel of a :class:`~pipeline.synth.cells.Canvas`, borders roughened
   by seamless noise; :func:`lookup`, :func:`cells_in`, :func:`angle_at`: the layout at absolute positions (um).
 """
@@ -35,7 +35,8 @@ LAYOUTS = {
                                       "lymphoid": 0.05}},
     "mixed": {"tumour": {"adenocarcinoma": 0.25, "squamous_carcinoma": 0.25, "spindle_sarcoma": 0.25,
                          "pleomorphic_sarcoma": 0.25}, "tumour_share": 0.5,
-              "normal": {"skeletal_muscle": 0.3, "adipose": 0.3, "fibrous_stroma": 0.35, "lymphoid": 0.05}},
+              "normal": {"skeletal_muscle": 0.3, "adipose": 0.3, "fibrous_stroma": 0.35, "lymphoid": 0.05,
+                         "myxoid_stroma": 0.15}},
 }
 
 
