@@ -204,6 +204,7 @@
       panel.canvas.style.cssText = 'position:absolute;left:0;top:0;width:100%;height:100%;pointer-events:none';
       panel.viewer.canvas.appendChild(panel.canvas);
       panel.viewer.addHandler('tile-loaded', function () { panel.tiles += 1; });
+      panel.viewer.addHandler('tile-load-failed', function () { panel.failed = (panel.failed || 0) + 1; });
       panel.viewer.addHandler('update-viewport', function () { redraw(panel); });
       panel.viewer.addHandler('viewport-change', function () { follow(panel); });
       el.addEventListener('pointerenter', function () { leader = panel; });
@@ -213,7 +214,10 @@
       });
       legend(panel);
       if (!leader) { leader = panel; }
-      return new Promise(function (resolve) { panel.viewer.addOnceHandler('open', resolve); });
+      return new Promise(function (resolve, reject) {
+        panel.viewer.addOnceHandler('open', resolve);
+        panel.viewer.addOnceHandler('open-failed', function (e) { reject(new Error(panel.id + ': ' + e.message)); });
+      });
     });
   }
 
@@ -232,11 +236,29 @@
 
   function selftest() {
     var root = document.documentElement, set = function (k, v) { root.setAttribute('data-selftest-' + k, v); };
-    var shown = panels.filter(function (p) { return p.viewer; });
-    var ready = shown.map(function (p) {
-      return new Promise(function (resolve) { p.viewer.world.getItemAt(0).whenFullyLoaded(resolve); });
+    var shown = panels.filter(function (p) { return p.viewer; }), polls = 0, last = '', still = 0;
+    var ready = new Promise(function (resolve, reject) {
+      // Ready when every viewer has drawn tiles and is fully loaded, or has loaded no new tile for 2 s (headless
+      // Chromium's virtual time sometimes leaves OpenSeadragon's fully-loaded flag unset).
+      (function poll() {
+        var count = shown.map(function (p) { return p.tiles; }).join(',');
+        still = count === last ? still + 1 : 0;
+        last = count;
+        var done = shown.every(function (p) {
+          var item = p.viewer.world.getItemAt(0);
+          return item && p.tiles > 0 && (item.getFullyLoaded() || still >= 20);
+        });
+        set('polls', ++polls);
+        set('state', shown.map(function (p) {
+          var item = p.viewer.world.getItemAt(0);
+          return p.id + ':' + (item ? item.getFullyLoaded() : 'none') + ':' + p.tiles + ':' + (p.failed || 0);
+        }).join(' '));
+        if (done) { resolve(); } else if (polls > 300) { reject(new Error('tiles not loaded after 30 s')); } else {
+          setTimeout(poll, 100);
+        }
+      })();
     });
-    Promise.all(ready).then(function () {
+    ready.then(function () {
       var p = shown[0], box = p.el.querySelector('input[data-overlay="tissue"]');
       redraw(p);
       var before = hash(p);
@@ -247,6 +269,20 @@
       set('hash-after', after);
       set('legend', p.el.querySelector('.legend').textContent);
       set('scalebar', p.el.querySelector('.scalebar').textContent);
+      if (shown.length > 1 && document.getElementById('sync')) {  // zoom and pan the first: the others follow
+        var lead = shown[0], vp = lead.viewer.viewport;
+        leader = lead;
+        vp.zoomBy(3, null, true);
+        vp.panBy(new OpenSeadragon.Point(0.05, 0.03), true);
+        follow(lead);
+        var a = normalised(lead), worst = 0;
+        shown.slice(1).forEach(function (q) {
+          var b = normalised(q);
+          worst = Math.max(worst, Math.abs(a.x + a.w / 2 - b.x - b.w / 2), Math.abs(a.y + a.h / 2 - b.y - b.h / 2));
+        });
+        set('sync-offset', worst.toFixed(4));
+        set('sync-zoomed', (a.w < 0.6).toString());
+      }
       set('done', 'yes');
     }).catch(function (e) { set('error', String(e)); });
   }
