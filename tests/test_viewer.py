@@ -245,3 +245,22 @@ def test_tile_benchmark_runs_on_a_run(server):
     assert figures["tiles"] > 10 and len(figures["_cold"]) == len(figures["_warm"]) == figures["tiles"]
     assert figures["warm_p95_ms"] > 0 and figures["cold_p95_ms"] > 0
     assert "skipped" in bench_slide(server.app.cohort.results, "S3", None, None)  # the broken slide
+
+
+def test_both_readers_give_the_same_deep_zoom_tiles(server):
+    """OpenSlide and the tifffile reader behind the same generator: same pyramid, same pixels (within JPEG noise)."""
+    import numpy as np
+
+    from pipeline.deepzoom import TileCache, TileSource
+    from pipeline.slide import open_slide
+
+    path = server.app.cohort.slides["S1"]["file"]
+    tiles = {}
+    for reader in ("openslide", "tifffile"):
+        with open_slide(path, reader=reader) as slide:
+            source = TileSource(slide, reader, TileCache())
+            last = source.generator.level_count - 1
+            tiles[reader] = [np.asarray(Image.open(io.BytesIO(source.tile(level, 1, 1))).convert("RGB"), np.int16)
+                             for level in (last, last - 2)]
+    for a, b in zip(tiles["openslide"], tiles["tifffile"], strict=True):
+        assert a.shape == b.shape and np.abs(a - b).mean() < 2.0
