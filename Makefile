@@ -25,13 +25,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# OpenSeadragon for `make view` (and its browser test). Without npm this says how to get it and carries on: the
-# viewer then says the same, and the test skips.
+# OpenSeadragon for `make view` (and its browser test). Without npm, or offline, this says so and carries on: the
+# viewer then says how to install it, and the browser test skips.
 osd:
 	@if [ -f $(OSD_STAMP) ]; then :; \
 	elif command -v npm >/dev/null 2>&1; then \
-	  rm -rf .gl/osd && npm install --prefix .gl/osd --no-save --no-audit --no-fund --ignore-scripts \
-	    openseadragon@$(OSD_VERSION) && touch $(OSD_STAMP); \
+	  { rm -rf .gl/osd && npm install --prefix .gl/osd --no-save --no-audit --no-fund --ignore-scripts \
+	    openseadragon@$(OSD_VERSION) && touch $(OSD_STAMP); } || \
+	  echo "note: npm could not install OpenSeadragon $(OSD_VERSION) (offline?); \`make osd\` retries"; \
 	else echo "note: npm not found, so OpenSeadragon $(OSD_VERSION) is not installed and \`make view\` shows no slide;" \
 	  "install Node.js/npm (apt-get install npm) and run \`make osd\`"; fi
 
