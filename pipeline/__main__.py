@@ -31,6 +31,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "train-model": ("pipeline.train_model", "fit the tile classifier on real images; select by leave-one-source-out"),
     "evaluate": ("pipeline.evaluate", "a model on labelled real patches: per-source AUC, accuracy, OOD share"),
     "benchmark": ("pipeline.benchmark", "measure every stage against its physical bound"),
+    "view": ("pipeline.view", "review a finished run in the browser: deep-zoom slides with the evidence overlaid"),
+    "bench-view": ("pipeline.viewbench", "the viewer's deep-zoom tile latency, p95 cold and warm, on a run's slides"),
 }
 
 
