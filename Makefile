@@ -8,8 +8,12 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 CORES ?= 2
+# The slide viewer's client: OpenSeadragon (BSD-3-Clause) from the npm registry, pinned; kept in .gl/ (git-ignored).
+OSD_VERSION := 6.1.1
+OSD_STAMP := .gl/osd/.installed-$(OSD_VERSION)
+PORT ?= 8765
 
-.PHONY: setup slides demo test lint benchmark clean
+.PHONY: setup slides demo test lint benchmark osd view benchmark-viewer clean
 
 setup: $(STAMP)
 
@@ -21,6 +25,17 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# OpenSeadragon for `make view` (and its browser test). Without npm, or offline, this says so and carries on: the
+# viewer then says how to install it, and the browser test skips.
+osd:
+	@if [ -f $(OSD_STAMP) ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  { rm -rf .gl/osd && npm install --prefix .gl/osd --no-save --no-audit --no-fund --ignore-scripts \
+	    openseadragon@$(OSD_VERSION) && touch $(OSD_STAMP); } || \
+	  echo "note: npm could not install OpenSeadragon $(OSD_VERSION) (offline?); \`make osd\` retries"; \
+	else echo "note: npm not found, so OpenSeadragon $(OSD_VERSION) is not installed and \`make view\` shows no slide;" \
+	  "install Node.js/npm (apt-get install npm) and run \`make osd\`"; fi
+
 slides: setup
 	$(PY) -m pipeline make-slides --cohort sample --out slides_sample
 
@@ -28,8 +43,13 @@ demo: slides
 	@$(SNAKEMAKE) --profile configs/profiles/local --unlock >/dev/null 2>&1 || true  # a killed run's lock
 	$(SNAKEMAKE) --profile configs/profiles/local --cores $(CORES)
 	@echo "Open results/report.html (decision support, not a diagnosis)."
+	@echo "Review the slides in deep zoom with the evidence overlaid: make view  (then open http://127.0.0.1:$(PORT)/)"
 
-test: slides
+# The run's page and deep-zoom slide and case views on http://127.0.0.1:$(PORT)/ (loopback only; Ctrl-C stops).
+view: setup osd
+	$(PY) -m pipeline view results --port $(PORT)
+
+test: slides osd
 	$(PY) -m pytest
 
 lint: setup
@@ -38,6 +58,10 @@ lint: setup
 
 benchmark: setup
 	$(PY) -m pipeline benchmark
+
+# Deep-zoom tile latency of the viewer (p95 cold and warm) on the slides of the last run (make demo first).
+benchmark-viewer: setup
+	$(PY) -m pipeline bench-view results
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -32,6 +32,10 @@ VERBS: dict[str, tuple[str, str]] = {
                     "fit the tile classifier on real images; select by leave-one-source-out"),
     "evaluate": ("pipeline.training.evaluate", "a model on labelled real patches: per-source AUC, accuracy, OOD share"),
     "benchmark": ("pipeline.bench.benchmark", "measure every stage against its physical bound"),
+    "view": ("pipeline.viewer.server",
+             "review a finished run in the browser: deep-zoom slides with the evidence overlaid"),
+    "bench-view": ("pipeline.bench.viewer",
+                   "the viewer's deep-zoom tile latency, p95 cold and warm, on a run's slides"),
 }
 
 

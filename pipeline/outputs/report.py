@@ -12,7 +12,10 @@
   top tiles). Pictures are embedded as data URIs (PNG, or JPEG for large contact sheets), styles inline; no
   script, no external file, font or network request (a Content-Security-Policy forbids them), so it works from
   file:// offline and prints cleanly. It shows only summary fields and the pipeline's own pictures: never a
-  slide's label or macro image, file name or identifying properties.
+  slide's label or macro image, file name or identifying properties. Each case and slide carries a relative
+  link to its deep-zoom view (``case/<id>``, ``slide/<id>``), hidden by the page's own style: the viewer
+  (``python -m pipeline view results/``, :mod:`pipeline.viewer.server`) serves the page with :data:`SERVED_STYLE`, which
+  shows the links and hides the "run the viewer" hint, so the file opened from disk has no broken link.
 * ``run_metadata.json`` -- what differs between runs (times, host, argv, versions); the two files above are
   byte-identical for identical inputs.
 
@@ -47,6 +50,10 @@ WORKLIST_COLUMNS = ("order", "level", "priority", "case_id", "slide_id", "stain"
 PICTURES = (("heatmap", "heatmap.png"), ("top_tiles", "top_tiles.png"), ("tissue", "tissue_overlay.png"))
 EMBED_PNG_MAX_BYTES = 400_000  # larger pictures are embedded as JPEG (quality JPEG_QUALITY) to keep the page light
 JPEG_QUALITY = 85
+# Added by the viewer (pipeline.viewer.server) when it serves the page: shows the deep-zoom links, hides the hint
+# to start it.
+SERVED_STYLE = ("<style>.view-link { display: inline; } .view-col { display: table-cell; } "
+                ".static-only { display: none; }</style>")
 FAILED_CALL = "failed: no result"
 # after a failed run: per slide and case, in pipeline order, the job making each result (written by the workflow)
 JOBS_COLUMNS = ("case_id", "slide_id", "stain", "rule", "output", "log")
@@ -197,8 +204,9 @@ img { max-width: 100%; height: auto; border: 1px solid var(--line); }
 dl.kv { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; margin: 6px 0; }
 dl.kv dt { font-weight: 600; } dl.kv dd { margin: 0; }
 details summary { cursor: pointer; color: #0b4f9c; margin: 4px 0; }
+.view-link, .view-col { display: none; } .view-link { font-weight: 400; font-size: 13px; margin-left: 6px; }
 @media print {
-  .skip, details summary { display: none; }
+  .skip, details summary, .view-link, .view-col, .static-only { display: none; }
   body { font-size: 11px; } section.case { break-before: page; }
   img { max-height: 18cm; } a { color: inherit; text-decoration: none; }
 }
@@ -231,20 +239,28 @@ def _img(src: str | None, alt: str, caption: str) -> str:
     return f'<figure><img src="{esc(src)}" alt="{esc(alt)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
 
+def view_link(kind: str, ident: str) -> str:
+    """A relative link to the deep-zoom view of a case or slide, shown only when the viewer serves the page."""
+    return f'<a class="view-link" href="{kind}/{esc(ident)}">view</a>'
+
+
 def worklist_table(rows: list[dict]) -> str:
     head = "".join(f'<th scope="col">{esc(c)}</th>' for c in
                    ("#", "priority", "case", "slide", "stain", "call", "confidence", "status", "reason", "details"))
+    head += '<th scope="col" class="view-col">deep zoom</th>'
     body = []
     for r in rows:
         case_cell = f'<a href="#case-{esc(r["case_id"])}">{esc(r["case_id"])}</a>' if r["level"] == "case" \
             else esc(r["case_id"])
+        link = view_link("case", r["case_id"]) if r["level"] == "case" else view_link("slide", r["slide_id"])
         prio = f'<span class="prio prio-{r["priority"]}" title="{esc(PRIORITY_LABELS.get(r["priority"], ""))}">' \
                f'{r["priority"]}</span>'
         body.append(
             f'<tr class="{r["level"]} st-{esc(r["status"])}" data-level="{r["level"]}">'
             f'<td>{r["order"]}</td><td>{prio}</td><td>{case_cell}</td><td>{esc(r["slide_id"])}</td>'
             f'<td>{esc(r["stain"])}</td><td>{esc(r["call"])}</td><td>{esc(_fmt(r["confidence"]))}</td>'
-            f'<td>{esc(r["status"])}</td><td>{esc(r["reason"])}</td><td class="small">{esc(r["details"])}</td></tr>')
+            f'<td>{esc(r["status"])}</td><td>{esc(r["reason"])}</td><td class="small">{esc(r["details"])}</td>'
+            f'<td class="view-col">{link}</td></tr>')
     return (f'<table id="worklist"><caption>Review worklist: {sum(r["level"] == "case" for r in rows)} cases, '
             f'{sum(r["level"] == "slide" for r in rows)} slides, most urgent first</caption>'
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
@@ -305,7 +321,7 @@ def _no_ood_notice(summaries: list[dict]) -> str:
 def _slide_block(s: dict, pictures: dict[str, str | None]) -> str:
     sid = esc(s["slide_id"])
     parts = [f'<div class="slide" id="slide-{sid}"><h4>{sid} &middot; {esc(s["stain"])} &middot; '
-             f'status {esc(s["status"])}</h4>']
+             f'status {esc(s["status"])}{view_link("slide", s["slide_id"])}</h4>']
     if s["status"] == "failed":
         parts.append(f'<p><strong>Not assessed:</strong> {esc(s["reason"])}</p>')
     elif s["kind"] == "HE":
@@ -358,7 +374,7 @@ def _case_section(case_id: str, case: dict | None, slides: list[dict], pictures:
     else:
         rank, _ = case_rank(case)
         parts.append(f'<h3 id="h-{esc(case_id)}"><span class="prio prio-{rank}">{rank}</span> Case {esc(case_id)}: '
-                     f'{esc(case.get("call"))}</h3>')
+                     f'{esc(case.get("call"))}{view_link("case", case_id)}</h3>')
         parts.append(f'<p><strong>Why:</strong> {esc(case.get("reason"))}</p>')
         kv = [("basis", case.get("basis")), ("H&E", (case.get("he") or {}).get("reason")),
               ("suggested primary", case.get("suggested_primary")),
@@ -429,6 +445,8 @@ def render_html(rows: list[dict], cases: dict[str, dict], summaries: list[dict],
 guess, and every call below shows the evidence behind it.</div>
 <p>{len(order)} cases, {len(summaries)} slides{f", <strong>{n_failed} failed</strong> (listed with reasons)"
                                                 if n_failed else ""}. Priority: {esc(priority_legend)}.</p>
+<p class="small muted static-only">To pan and zoom the slides with the evidence overlaid, run
+<code>python -m pipeline view results/</code> (<code>make view</code>) and open the address it prints.</p>
 {_no_ood_notice(summaries)}</header>
 <main>
 <h2>Worklist</h2>
