@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, absolute_sheet, require_sample_cohort, snakemake_cmd
-from pipeline.outputs.report import FAILED_CALL, partial_inputs, worklist_rows
+from pipeline.outputs.report import partial_inputs
+from pipeline.outputs.worklist import FAILED_CALL, worklist_rows
 
 KILLED = "D-HE"  # no tumour: without the failure it would be last on the worklist
 

@@ -16,7 +16,9 @@ from test_summary import SLIDES, make_mini_cohort, make_slides, run_stages
 
 from conftest import ROOT
 from pipeline import DISCLAIMER
-from pipeline.outputs.report import check_results, render_html, worklist_rows, worklist_tsv
+from pipeline.outputs.report_html import render_html
+from pipeline.outputs.results_check import check_results
+from pipeline.outputs.worklist import worklist_rows, worklist_tsv
 
 
 @pytest.fixture(scope="module")

@@ -145,7 +145,7 @@ def test_opt_out_scores_without_ood_and_every_output_says_so(gen_slide, tmp_path
     """slide_call.require_ood: false (--allow-no-ood): scored, no ood_score column, and the summary, worklist
     and review page say "no out-of-distribution check"."""
     from pipeline.__main__ import main
-    from pipeline.outputs import report
+    from pipeline.outputs import report_html, worklist
 
     model = write_model(tmp_path, ood_scale=0.0, ood=None)
     write_tile_grid(tmp_path / "tiles.parquet", _grid(gen_slide))
@@ -168,9 +168,9 @@ def test_opt_out_scores_without_ood_and_every_output_says_so(gen_slide, tmp_path
                                                                         "test-model has no out-of-distribution")
     assert any(w.startswith("no out-of-distribution check") for w in summary["warnings"])
 
-    rows = report.worklist_rows({}, [summary])
-    assert "no out-of-distribution check" in report.worklist_tsv(rows)
-    page = report.render_html(rows, {}, [summary], {})
+    rows = worklist.worklist_rows({}, [summary])
+    assert "no out-of-distribution check" in worklist.worklist_tsv(rows)
+    page = report_html.render_html(rows, {}, [summary], {})
     assert "No out-of-distribution check</strong> on 1 H&amp;E slide (gen)" in page
     assert "<dt>unlike training data</dt><dd>no out-of-distribution check</dd>" in page
 

@@ -137,7 +137,8 @@ def _summary(results: Path, slide_id: str) -> dict:
 
 # ---- tests ----------------------------------------------------------------------------------------------
 def test_summaries_match_the_schema_and_are_canonical(cohort):
-    from pipeline.outputs.summary import check_summaries, summary_problems
+    from pipeline.outputs.results_check import check_summaries
+    from pipeline.outputs.summary import summary_problems
 
     assert check_summaries(cohort) == {}
     for slide_id in SLIDES:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -280,25 +279,6 @@ def summary_problems(summary: dict) -> list[str]:
     validator = jsonschema.Draft202012Validator(load_schema("summary"))
     return [f"{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
             for e in sorted(validator.iter_errors(summary), key=lambda e: [str(p) for p in e.absolute_path])]
-
-
-def check_summaries(results_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """Validate every ``slides/*/summary.json`` under a results directory: {path: problems} for bad ones.
-
-    Also checks that the file is canonical (re-serialising gives the same bytes) and carries the disclaimer.
-    """
-    bad = {}
-    for path in sorted(Path(results_dir).glob("slides/*/summary.json")):
-        text = path.read_text(encoding="utf-8")
-        summary = json.loads(text)
-        problems = summary_problems(summary)
-        if atomic.dumps_json(summary) != text:
-            problems.append("not canonical JSON (sorted keys, 2-space indent)")
-        if summary.get("disclaimer") != DISCLAIMER:
-            problems.append("disclaimer missing")
-        if problems:
-            bad[str(path)] = problems
-    return bad
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------

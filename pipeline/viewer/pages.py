@@ -8,7 +8,8 @@ Every string from the run (ids, calls, reasons) is HTML-escaped; nothing here re
 from __future__ import annotations
 
 from pipeline import DISCLAIMER
-from pipeline.outputs.report import SERVED_STYLE, esc, slide_call_text
+from pipeline.outputs.report_html import SERVED_STYLE, esc
+from pipeline.outputs.worklist import slide_call_text
 
 # Overlay switches per slide kind: (overlay key, label, on at start). Heat keys are "heat:<measure>".
 HE_OVERLAYS = (("heat:prob_carcinoma", "P(carcinoma) heatmap", True),

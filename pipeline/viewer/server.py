@@ -226,7 +226,7 @@ class App:
         return page.encode(), TYPES[".html"], {}
 
     def slide_page(self, id: str):  # noqa: A002
-        from pipeline.outputs.report import esc
+        from pipeline.outputs.report_html import esc
         from pipeline.viewer.pages import view_page
 
         row = self._slide(id)
