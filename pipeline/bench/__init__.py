@@ -1,1 +1,5 @@
-"""bench: see docs/architecture.md."""
+"""bench: measured speed (verbs benchmark and bench-view; make benchmark, make benchmark-viewer).
+
+inputs -> stages (+ readbench, baseline) and endtoend -> targets, machine -> table -> benchmark (the CLI);
+viewer: the deep-zoom viewer's tile latency.
+"""

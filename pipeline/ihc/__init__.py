@@ -1,1 +1,6 @@
-"""ihc: see docs/architecture.md."""
+"""ihc: quantify DAB on IHC slides per marker (rule quantify_ihc, pipeline/rules/ihc.smk).
+
+markers (knowledge base) + params; stain (deconvolution) -> nuclei + measure (one tile) -> reading (the marker's
+call) -> quantify (verb quantify-ihc: ihc.json, ihc.parquet via tiles_table); stain_check (is the slide what
+the sheet says); contact_sheet (pictures for checking by eye).
+"""

@@ -12,13 +12,13 @@ measurements, tissue outline) and ``summary.json`` (top tiles, IHC cut-off) into
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
 
 import yaml
 
+from pipeline import atomic
 from pipeline.config import load_samples
 from pipeline.errors import ConfigError, SlideError, TriageError
 from pipeline.he.slide_call import CLASSES as HE_CLASSES
@@ -36,13 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # the GeoJSON export (QuPath's classes).
 COLORMAP_STOPS = COLORMAP[[round(i * 255 / 8) for i in range(9)]].tolist()
 CLASS_COLOURS = {**{c: FIGURE_COLOURS[c] for c in HE_CLASSES}, **IHC_COLOURS}
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _workdir(results: Path, recorded: str | None) -> Path:
@@ -91,10 +84,10 @@ class Cohort:
         log.info("%d slides in %d cases from %s", len(self.slides), len(self.cases), sheet)
 
     def summary(self, slide_id: str) -> dict | None:
-        return _read_json(self.results / "slides" / slide_id / "summary.json")
+        return atomic.try_read_json(self.results / "slides" / slide_id / "summary.json")
 
     def case(self, case_id: str) -> dict | None:
-        return _read_json(self.results / "cases" / case_id / "case.json")
+        return atomic.try_read_json(self.results / "cases" / case_id / "case.json")
 
     def case_slides(self, case_id: str) -> list[str]:
         """The case's slides, H&E first, then IHC by stain (the report's order)."""
@@ -120,7 +113,7 @@ class Cohort:
         return src
 
     def geojson(self, slide_id: str) -> dict | None:
-        return _read_json(self.results / "slides" / slide_id / "tiles.geojson")
+        return atomic.try_read_json(self.results / "slides" / slide_id / "tiles.geojson")
 
 
 def _box(feature: dict) -> list[float]:
