@@ -1,10 +1,11 @@
 """Write-then-rename helpers (no output is ever visible half-written under its final name), and the one JSON
 reader for what they wrote: :func:`atomic_path`, :func:`write_bytes`, :func:`write_json`, :func:`read_json`,
-:func:`try_read_json`."""
+:func:`try_read_json`; and :func:`file_sha256`, the checksum of a file (weights, slides, knowledge base)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -54,6 +55,15 @@ def dumps_json(obj: Any) -> str:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, dumps_json(obj))
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
+    """Full SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_json(path: str | os.PathLike) -> Any:

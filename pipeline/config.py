@@ -61,6 +61,23 @@ def validate(instance: dict, schema_name: str, what: str) -> dict:
     return instance
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str, shape: str) -> dict:
+    """The YAML mapping at ``path``; a one-line :class:`ConfigError` naming the file (unreadable, not YAML with
+    its line and column, or not a mapping: ``{what} must be a mapping {shape}``)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {what} must be a mapping {shape}")
+    return data
+
+
 def load_config(path: str | os.PathLike) -> dict:
     """Read a YAML config and return it validated with defaults filled in."""
     try:

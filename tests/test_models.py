@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.atomic import file_sha256
 from pipeline.errors import ModelError
 from pipeline.he.models import (
     ARCHITECTURES,
@@ -17,7 +18,6 @@ from pipeline.he.models import (
     missing_ood_statistics,
     read_card,
     save_weights,
-    sha256_file,
 )
 from pipeline.he.slide_call import CLASSES
 
@@ -144,7 +144,7 @@ def test_pickled_code_is_refused_before_it_runs(tmp_path, how):
     else:
         path.write_bytes(pickle.dumps(payload))
     card = json.loads((model_dir / "card.json").read_text())
-    card["weights"]["sha256"] = sha256_file(path)  # even a matching checksum does not make it safe
+    card["weights"]["sha256"] = file_sha256(path)  # even a matching checksum does not make it safe
     (model_dir / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="weights.pt: (refused|not a torch.save)"):
         load_model(model_dir)
@@ -155,7 +155,7 @@ def test_non_state_dict_payload_is_refused(tmp_path):
     model_dir = write_model(tmp_path)
     torch.save([torch.zeros(3)], model_dir / "weights.pt")
     card = json.loads((model_dir / "card.json").read_text())
-    card["weights"]["sha256"] = sha256_file(model_dir / "weights.pt")
+    card["weights"]["sha256"] = file_sha256(model_dir / "weights.pt")
     (model_dir / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="not a state_dict"):
         load_model(model_dir)

@@ -209,7 +209,8 @@ def test_summary_is_byte_identical_when_rerun_elsewhere(cohort, tmp_path):
 
 
 def test_fast_hash_sees_size_head_and_tail_and_full_hash_is_sha256(tmp_path):
-    from pipeline.outputs.provenance import HEAD_TAIL_BYTES, fast_file_hash, file_sha256
+    from pipeline.atomic import file_sha256
+    from pipeline.outputs.provenance import HEAD_TAIL_BYTES, fast_file_hash
 
     data = bytearray(np.random.default_rng(0).integers(0, 256, 3 * HEAD_TAIL_BYTES, dtype=np.uint8).tobytes())
     p = tmp_path / "f.bin"

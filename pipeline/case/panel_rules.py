@@ -20,9 +20,7 @@ import os
 import string
 from pathlib import Path
 
-import yaml
-
-from pipeline.config import validate
+from pipeline.config import read_yaml_mapping, validate
 from pipeline.errors import ConfigError
 
 RULES_FILE = "panel_rules.yaml"
@@ -43,17 +41,7 @@ def rules_path_for(markers_path: str | os.PathLike) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _read_table(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            table = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the panel rules ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from exc
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: the panel rules must be a mapping with `groups:` and `rules:`")
+    table = read_yaml_mapping(path, "the panel rules", "with `groups:` and `rules:`")
     return validate(table, "panel_rules", path)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.atomic import file_sha256
 from pipeline.errors import ModelError
 
 CARD_FILE = "card.json"
@@ -176,14 +177,6 @@ class TileClassifier(nn.Module):
 
 
 # ---- model card and weights ------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_card(model_dir: str | os.PathLike) -> dict:
     """Read and validate ``<model_dir>/card.json``; the architecture must be registered."""
     import jsonschema
@@ -221,7 +214,7 @@ def load_state_dict(path: str | os.PathLike, sha256: str) -> dict[str, torch.Ten
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found; copy it next to card.json or re-run training")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != sha256:
         raise ModelError(f"{path}: SHA-256 {actual[:16]}... does not match the card's {sha256[:16]}...; the file "
                          "is corrupt or not this card's weights -- restore it (git checkout / re-train)")

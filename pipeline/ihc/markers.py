@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 
-import yaml
-
-from pipeline.config import validate
+from pipeline.config import read_yaml_mapping, validate
 from pipeline.errors import ConfigError
 
 NUCLEAR_COMPARTMENTS = frozenset({"nuclear", "nuclear_cytoplasmic"})
@@ -19,17 +17,7 @@ NUCLEAR_COMPARTMENTS = frozenset({"nuclear", "nuclear_cytoplasmic"})
 
 def load_markers(path: str | os.PathLike) -> dict:
     """Read, schema-validate (defaults filled in) and cross-check the knowledge base; raise ConfigError."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            kb = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the marker knowledge base ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from exc
-    if not isinstance(kb, dict):
-        raise ConfigError(f"{path}: the marker knowledge base must be a mapping with a `markers:` key")
+    kb = read_yaml_mapping(path, "the marker knowledge base", "with a `markers:` key")
     validate(kb, "markers", str(path))
     check_markers(kb, str(path))
     return kb

@@ -67,15 +67,6 @@ def fast_file_hash(path: str | os.PathLike) -> dict:
             "includes_openslide_quickhash": bool(quick)}
 
 
-def file_sha256(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
-    """Full SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def science_config_hash(config: dict) -> str:
     """SHA-256 of the canonical JSON of the config without its path keys (:data:`PATH_KEYS`)."""
     science = {k: v for k, v in config.items() if k not in PATH_KEYS}

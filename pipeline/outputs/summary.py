@@ -230,9 +230,9 @@ def provenance_record(slide_path, config: dict, scores_meta: dict | None, ihc: d
     if slide_path and Path(slide_path).is_file():
         slide_file = provenance.fast_file_hash(slide_path)
         if full_hash:
-            slide_file["sha256"] = provenance.file_sha256(slide_path)
+            slide_file["sha256"] = atomic.file_sha256(slide_path)
     markers = config.get("markers")
-    markers_sha = provenance.file_sha256(markers) if markers and Path(markers).is_file() else None
+    markers_sha = atomic.file_sha256(markers) if markers and Path(markers).is_file() else None
     return {
         "slide_file": slide_file,
         "model": model_provenance(scores_meta),
