@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "tile-slide": ("pipeline.slides.tiling", "lay the tile grid at target_mpp over the tissue"),
     "score-tiles": ("pipeline.he.scoring", "score H&E tiles with the CNN"),
     "quantify-ihc": ("pipeline.ihc.quantify", "quantify DAB per tile and per slide for an IHC slide"),
+    "register-ihc": ("pipeline.ihc.register", "register an IHC slide onto its H&E slide (serial sections)"),
     "summarize-slide": ("pipeline.outputs.summary", "write the per-slide summary.json (slide call, QC, IHC)"),
     "draw-slide": ("pipeline.outputs.figures", "draw heatmap, tissue overlay and top-tile pictures"),
     "export-geojson": ("pipeline.outputs.geojson", "write QuPath GeoJSON of tiles and tissue outline"),
