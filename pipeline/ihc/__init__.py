@@ -2,5 +2,6 @@
 
 markers (knowledge base) + params; stain (deconvolution) -> nuclei + measure (one tile) -> reading (the marker's
 call) -> quantify (verb quantify-ihc: ihc.json, ihc.parquet via tiles_table); stain_check (is the slide what
-the sheet says); contact_sheet (pictures for checking by eye).
+the sheet says); contact_sheet (pictures for checking by eye); registration (IHC onto H&E, serial sections) ->
+register (verb register-ihc: registration.json).
 """

@@ -74,12 +74,13 @@ def _transform_record(rigid: Rigid, he_mpp: float, ihc_mpp: float) -> dict:
 
 
 def register_slides(he_path, ihc_path, he_mpp: float | None = None, ihc_mpp: float | None = None,
-                    params: RegistrationParams = RegistrationParams(), he_id: str | None = None,
+                    params: RegistrationParams | None = None, he_id: str | None = None,
                     ihc_id: str | None = None) -> dict:
     """Register the IHC slide at ``ihc_path`` onto the H&E slide at ``he_path`` (``*_mpp``: level-0 um/px
     overrides). Returns the JSON-ready record (see the module docstring); raises SlideError for unusable slides."""
     from pipeline.slides.reader import open_slide
 
+    params = params or RegistrationParams()
     started = time.perf_counter()
     with open_slide(he_path, mpp=he_mpp) as he, open_slide(ihc_path, mpp=ihc_mpp) as ihc:
         extent_um = max(max(s.dimensions) * s.mpp for s in (he, ihc))

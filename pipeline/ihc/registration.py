@@ -309,28 +309,33 @@ def assess(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> d
     return {**quality, "status": "failed" if reason else "ok", "reason": reason}
 
 
-def _rescaled(level: Level, mpp: float) -> np.ndarray:
-    """``level``'s mask x (0.25 + 0.75 density), resampled to ``mpp`` (the search picture)."""
+def _search_picture(level: Level, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """``level``'s mask x (0.25 + 0.75 density) over its tissue's bounding box, resampled to ``mpp`` (the search
+    picture), and the box's top-left corner in um."""
     from skimage.transform import resize
 
-    feature = level.mask * (0.25 + 0.75 * level.density)
+    rows, cols = np.flatnonzero(level.mask.any(axis=1)), np.flatnonzero(level.mask.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    feature = (level.mask * (0.25 + 0.75 * level.density))[box]
     shape = tuple(max(8, round(n * level.mpp / mpp)) for n in feature.shape)
-    return resize(feature, shape, order=1, anti_aliasing=True).astype(np.float32)
+    corner_um = np.array([cols[0], rows[0]], float) * level.mpp
+    return resize(feature, shape, order=1, anti_aliasing=True).astype(np.float32), corner_um
 
 
 def register_images(he_coarse: Level, ihc_coarse: Level, he_fine: Level, ihc_fine: Level,
-                    params: RegistrationParams = RegistrationParams()) -> tuple[Rigid, dict]:
+                    params: RegistrationParams | None = None) -> tuple[Rigid, dict]:
     """The IHC -> H&E transform from two resolutions of each slide, and its :func:`assess` record (plus the
     coarse search's best score). Each Level holds its own um/px; the four may all differ."""
-    extent_um = max(max(lv.mask.shape) * lv.mpp for lv in (he_coarse, ihc_coarse) if lv.mask.any()) \
-        if he_coarse.mask.any() or ihc_coarse.mask.any() else 0.0
+    params = params or RegistrationParams()
     if not (he_coarse.mask.any() and ihc_coarse.mask.any()):
         which = "H&E" if not he_coarse.mask.any() else "IHC"
         return Rigid(), {"status": "failed", "reason": f"no tissue found on the {which} slide", "score": 0.0}
-    tissue_um = max(_tissue_extent_um(he_coarse), _tissue_extent_um(ihc_coarse), 1e-6)
-    search_mpp = max(he_coarse.mpp, ihc_coarse.mpp, tissue_um / params.search_px, extent_um / (4 * params.search_px))
-    candidates = coarse_search(_rescaled(he_coarse, search_mpp), _rescaled(ihc_coarse, search_mpp), search_mpp,
-                               1.0, params.angle_step_deg)
+    tissue_um = max(_tissue_extent_um(he_coarse), _tissue_extent_um(ihc_coarse))
+    search_mpp = max(he_coarse.mpp, ihc_coarse.mpp, tissue_um / params.search_px)
+    (he_search, he_corner), (ihc_search, ihc_corner) = (_search_picture(lv, search_mpp)
+                                                        for lv in (he_coarse, ihc_coarse))
+    candidates = [(score, replace(r, shift_um=tuple(np.asarray(r.shift_um) + he_corner - r.linear() @ ihc_corner)))
+                  for score, r in coarse_search(he_search, ihc_search, search_mpp, 1.0, params.angle_step_deg)]
     coarse = []
     for search_score, rigid in candidates:
         rigid = refine(he_coarse, ihc_coarse, rigid, params)
