@@ -100,8 +100,8 @@ def nuclear_density(rgb: np.ndarray) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
     glass_red = float(glass_colour(rgb)[0])
-    od = np.log10((glass_red + 1.0) / (rgb[..., 0].astype(np.float32) + 1.0))
-    return np.clip(od / 1.5, 0.0, 1.0).astype(np.float32)
+    lut = np.clip(np.log10((glass_red + 1.0) / (np.arange(256, dtype=np.float32) + 1.0)) / 1.5, 0.0, 1.0)
+    return lut.astype(np.float32)[rgb[..., 0]]
 
 
 def warp(image: np.ndarray, mpp_in: float, rigid: Rigid, mpp_out: float, out_shape, order: int = 1) -> np.ndarray:
@@ -183,15 +183,16 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
     (centres (n, 2) x, y px, shifts (n, 2) x, y px)."""
     from skimage.registration import phase_cross_correlation
 
+    if patch_px % 2:
+        raise ValueError(f"patch_px must be even, got {patch_px}")
     window = np.outer(np.hanning(patch_px), np.hanning(patch_px)).astype(np.float32)
     half = patch_px // 2
     rows = np.arange(0, fixed.shape[0] - patch_px + 1, half)
     cols = np.arange(0, fixed.shape[1] - patch_px + 1, half)
     if not len(rows) or not len(cols):
         return np.zeros((0, 2)), np.zeros((0, 2))
-    covered = _box_means(mask.astype(np.float64), rows, cols, patch_px) >= 0.8
+    covered = _box_means(mask, rows, cols, patch_px) >= 0.8
     for picture in (fixed, moving):
-        picture = picture.astype(np.float64)
         var = _box_means(picture * picture, rows, cols, patch_px) - _box_means(picture, rows, cols, patch_px) ** 2
         covered &= var > 0.02 ** 2
     chosen = [(int(rows[i]), int(cols[j])) for i, j in zip(*np.nonzero(covered), strict=True)]
@@ -208,11 +209,12 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
 
 
 def _box_means(picture: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
-    """Mean of ``picture`` over the ``size`` squares whose top-left corners are ``rows`` x ``cols`` (integral image)."""
-    total = np.zeros((picture.shape[0] + 1, picture.shape[1] + 1))
-    total[1:, 1:] = picture.cumsum(axis=0).cumsum(axis=1)
-    r, c = rows[:, None], cols[None, :]
-    return (total[r + size, c + size] - total[r, c + size] - total[r + size, c] + total[r, c]) / (size * size)
+    """Mean of ``picture`` over the ``size`` squares whose top-left corners are ``rows`` x ``cols``, which step by
+    ``size // 2`` from 0: sums of half-size blocks, four blocks a square (``size`` even)."""
+    half = size // 2
+    n_r, n_c = len(rows) + 1, len(cols) + 1
+    blocks = picture[:n_r * half, :n_c * half].reshape(n_r, half, n_c, half).sum(axis=(1, 3), dtype=np.float64)
+    return (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) / (size * size)
 
 
 def _similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -265,7 +267,7 @@ def refine(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> R
     """``rigid`` corrected by similarity fits to the local patch shifts at this level (``params.iterations``)."""
     for _ in range(params.iterations):
         moving = warp(ihc.density, ihc.mpp, rigid, he.mpp, he.density.shape)
-        shared = he.mask * (warp(ihc.mask, ihc.mpp, rigid, he.mpp, he.density.shape) > 0.5)
+        shared = he.mask * warp(ihc.mask, ihc.mpp, rigid, he.mpp, he.density.shape, order=0)
         centres, shifts = patch_shifts(he.density, moving, shared, params.patch_px, params.max_patches)
         if len(centres) < 3:
             break
@@ -285,10 +287,12 @@ def assess(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> d
     """Quality of ``rigid`` at this level: score (NCC over shared tissue, [0, 1]), residual patch shifts in um
     (median, 95th percentile, count), tissue overlap (Dice of the masks), and ``status`` with ``reason``."""
     moving = warp(ihc.density, ihc.mpp, rigid, he.mpp, he.density.shape)
-    moved_mask = warp(ihc.mask, ihc.mpp, rigid, he.mpp, he.density.shape) > 0.5
+    moved_mask = warp(ihc.mask, ihc.mpp, rigid, he.mpp, he.density.shape, order=0) > 0.5
     shared = (he.mask > 0.5) & moved_mask
     a, b = he.density[shared], moving[shared]
-    ncc = float(np.corrcoef(a, b)[0, 1]) if shared.sum() > 16 and a.std() > 0 and b.std() > 0 else 0.0
+    a, b = a - a.mean(dtype=np.float64), b - b.mean(dtype=np.float64)
+    norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b))) if a.size > 16 else 0.0
+    ncc = float(np.dot(a, b)) / norm if norm > 0 else 0.0
     dice = 2.0 * shared.sum() / max(float((he.mask > 0.5).sum() + moved_mask.sum()), 1.0)
     _, shifts = patch_shifts(he.density, moving, shared.astype(np.float32), params.patch_px, params.max_patches)
     residual = np.linalg.norm(shifts, axis=1) * he.mpp
