@@ -123,6 +123,18 @@ def test_sample_ihc_onto_its_he_is_the_identity(he_levels, er_fine):
     assert quality["status"] == "ok" and error <= MAX_ERROR_UM and not rigid.flip
 
 
+@pytest.mark.parametrize("he, ihc", [("B-HE", "B-p40"), ("C-HE", "C-desmin"), ("A-HE", "A-CK_AE1AE3")])
+def test_every_stain_of_the_sample_cohort_registers_as_the_identity(he, ihc):
+    """Slide level (reader, levels, record): the sample IHC slides share their H&E slide's frame."""
+    record = register_slides(SAMPLE / f"{he}.svs", SAMPLE / f"{ihc}.svs")
+    matrix = np.array(record["transform"]["matrix_level0_px"]) if record["status"] == "ok" else np.zeros((3, 3))
+    corners = np.array([[0.0, 0.0, 1.0], [6000.0, 0.0, 1.0], [0.0, 4800.0, 1.0], [6000.0, 4800.0, 1.0]])
+    error_um = np.linalg.norm((corners @ matrix.T - corners)[:, :2], axis=1).max() * 0.5
+    print(f"{ihc} onto {he}: {record['status']}, error at the slide corners {error_um:.2f} um, "
+          f"score {record['quality']['score']}, {record['timings_s']}")
+    assert record["status"] == "ok" and error_um <= MAX_ERROR_UM
+
+
 CASES = [  # rotation_deg, flip, scale, offset_um: where the slide's centre lands relative to the canvas centre
     (0.0, False, 1.0, (300.0, -200.0)),
     (37.0, False, 1.0, (-150.0, 100.0)),
