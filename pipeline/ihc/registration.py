@@ -27,7 +27,8 @@ Method (:func:`register_images`):
    percentile of the patch shifts left after refinement, in um. ``failed`` when the score is below
    ``min_score``, the 95th percentile above ``max_residual_um``, or fewer than ``min_patches`` patches.
 
-Public: :class:`Rigid`, :class:`RegistrationParams`, :func:`nuclear_density`, :func:`warp`,
+Public: :class:`Rigid`, :class:`RegistrationParams`, :class:`Level` (one resolution of one slide),
+:func:`nuclear_density`, :func:`warp`,
 :func:`coarse_search`, :func:`patch_shifts`, :func:`refine`, :func:`assess`, :func:`register_images`,
 :func:`level0_matrix`.
 """
