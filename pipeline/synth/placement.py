@@ -11,6 +11,9 @@ the IHC slide shows the very cells of the H&E slide, moved.
   :meth:`~Placement.to_he_level0_px` (the 3x3 matrix from IHC level-0 px to H&E level-0 px, for the truth file);
 * :func:`random_placement`: a seeded placement that keeps the tissue on the slide;
 * :func:`placed_labels`: the layout's class map seen in the slide frame (the truth PNG of a placed slide).
+
+A slide whose tissue must fit at any angle needs room for the turned tissue: the sample cohort's IHC slides are
+square, wider than the tissue's circumscribed circle (:data:`pipeline.synth.cohort.SAMPLE_IHC_SIZE_PX`).
 """
 
 from __future__ import annotations
@@ -79,8 +82,9 @@ def random_placement(seed: int, lay: Layout, width_um: float, height_um: float, 
                      p_flip: float = 0.3) -> Placement:
     """A seeded placement about the tissue centre that keeps all tissue on the slide.
 
-    Rotation uniform over 0-360 degrees (redrawn while the turned tissue would not fit), mirror with ``p_flip``,
-    shift uniform within +-``max_shift`` of the slide's size and within what keeps the tissue on the slide."""
+    Rotation uniform over 0-360 degrees (redrawn while the turned tissue would not fit on the slide), mirror with
+    ``p_flip``; the shift brings the tissue centre to the slide centre, then moves it uniformly by up to
+    +-``max_shift`` of the slide's size, within what keeps the tissue on the slide."""
     rng = np.random.default_rng([seed, 505])
     px, py = _tissue_points(lay)
     if len(px) == 0:
@@ -89,10 +93,11 @@ def random_placement(seed: int, lay: Layout, width_um: float, height_um: float, 
     for _ in range(200):
         rot, flip = round(float(rng.uniform(0.0, 360.0)), 2), bool(rng.random() < p_flip)
         qx, qy = Placement(rot, flip, (0.0, 0.0), centre).to_slide(px, py)
-        lo_x = max(TISSUE_PAD_UM - qx.min(), -max_shift * width_um)
-        hi_x = min(width_um - TISSUE_PAD_UM - qx.max(), max_shift * width_um)
-        lo_y = max(TISSUE_PAD_UM - qy.min(), -max_shift * height_um)
-        hi_y = min(height_um - TISSUE_PAD_UM - qy.max(), max_shift * height_um)
+        bx, by = width_um / 2 - centre[0], height_um / 2 - centre[1]  # the shift that centres the tissue
+        lo_x = max(TISSUE_PAD_UM - qx.min(), bx - max_shift * width_um)
+        hi_x = min(width_um - TISSUE_PAD_UM - qx.max(), bx + max_shift * width_um)
+        lo_y = max(TISSUE_PAD_UM - qy.min(), by - max_shift * height_um)
+        hi_y = min(height_um - TISSUE_PAD_UM - qy.max(), by + max_shift * height_um)
         if lo_x + 0.1 <= hi_x and lo_y + 0.1 <= hi_y:
             shift = (round(float(rng.uniform(lo_x + 0.05, hi_x - 0.05)), 1),
                      round(float(rng.uniform(lo_y + 0.05, hi_y - 0.05)), 1))
@@ -100,13 +105,13 @@ def random_placement(seed: int, lay: Layout, width_um: float, height_um: float, 
     return Placement(180.0, False, (0.0, 0.0), centre)  # half a turn about the centre always fits
 
 
-def placed_labels(lay: Layout, placement: Placement) -> np.ndarray:
-    """The layout's class map in the slide frame, on the same grid (``layout_um``); glass beyond the layout."""
+def placed_labels(lay: Layout, placement: Placement, width_um: float, height_um: float) -> np.ndarray:
+    """The layout's class map in the frame of a slide of ``width_um`` x ``height_um`` at ``layout_um`` um/px."""
     ny, nx = lay.labels.shape
-    yy, xx = np.mgrid[0:ny, 0:nx]
+    yy, xx = np.mgrid[0:int(np.ceil(height_um / lay.layout_um)), 0:int(np.ceil(width_um / lay.layout_um))]
     lx, ly = placement.to_layout((xx + 0.5) * lay.layout_um, (yy + 0.5) * lay.layout_um)
     ix, iy = np.floor(lx / lay.layout_um).astype(np.int64), np.floor(ly / lay.layout_um).astype(np.int64)
     inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-    out = np.zeros_like(lay.labels)
+    out = np.zeros(xx.shape, lay.labels.dtype)
     out[inside] = lay.labels[iy[inside], ix[inside]]
     return out
