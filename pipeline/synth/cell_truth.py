@@ -23,7 +23,9 @@ from pipeline.synth.populations import POPULATIONS, positivity
 
 BLOCK_UM = 1024.0  # the layout is walked in blocks of this side (memory bounded by one block's lattice)
 TUMOUR = tuple(name for name, cid in CLASS_ID.items() if COARSE.get(cid) in ("carcinoma", "sarcoma"))
-AREA_DAB = ("skeletal_muscle", "vessel_wall", "endothelium", "adipose")  # where DAB is also painted as an area
+# where DAB is painted as an area (fibres, vessel walls, endothelium, fat membranes): tissue -> its host classes
+AREA_DAB = {"skeletal_muscle": ("skeletal_muscle",), "vessel_wall": ("fibrous_stroma", "adipose"),
+            "endothelium": ("fibrous_stroma", "adipose"), "adipose": ("adipose",)}
 
 
 def _empty() -> dict:
@@ -64,6 +66,7 @@ def cell_truth(lay: Layout, marker: str, width_um: float, height_um: float, plac
     comp = COMPARTMENT.get(marker, "")
     s = lay.seed * 1000  # the drawing's salt (draw._Painter.s)
     by_class = {name: _empty() for name in POPULATIONS}
+    present = set(np.unique(lay.labels).tolist())
     for x0, y0, x1, y1 in _blocks(lay, placement, width_um, height_um):
         def cells_for(spacing, salt, classes, jitter=0.45, _b=(x0, y0, x1, y1)):
             return cells_in(lay, lattice(*_b, spacing, s + salt, jitter), classes)
@@ -88,5 +91,6 @@ def cell_truth(lay: Layout, marker: str, width_um: float, height_um: float, plac
             tumour["by_intensity"][k] += acc["by_intensity"][k]
     return {"tumour": _finish(tumour),
             "by_class": {name: _finish(acc) for name, acc in by_class.items() if acc["n"]},
-            "dab_areas": [name for name in AREA_DAB if expression(name, marker)[0] > 0],
+            "dab_areas": [name for name, hosts in AREA_DAB.items() if expression(name, marker)[0] > 0
+                          and any(CLASS_ID[h] in present for h in hosts)],
             "counted": "cells drawn with their centre on the slide and in tissue; positive = drawn with DAB"}
