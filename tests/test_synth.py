@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,6 +212,149 @@ def test_generated_sample_slides_open_with_their_mpp():
     for _, slide, _, stain, fmt in cohort.SAMPLE_COHORT:
         s = openslide.OpenSlide(str(ROOT / "slides_sample" / f"{slide}.{fmt}"))
         assert float(s.properties["openslide.mpp-x"]) == pytest.approx(cohort.SAMPLE_MPP)
-        assert s.dimensions == cohort.SAMPLE_SIZE_PX
+        assert s.dimensions == (cohort.SAMPLE_SIZE_PX if stain == "HE" else cohort.SAMPLE_IHC_SIZE_PX)
         rec = json.loads((ROOT / "slides_sample" / f"{slide}.{fmt}.truth.json").read_text())
         assert rec["stain"] == stain
+
+
+# ---- IHC slides placed under a known rigid transform; per-cell truth (issue 14) ---------------------------------
+def test_placement_inverse_and_matrix_agree():
+    from pipeline.synth.placement import Placement
+
+    pl = Placement(123.4, True, (55.0, -20.0), (700.0, 500.0))
+    x, y = np.array([0.0, 310.5, 1200.0]), np.array([0.0, 77.0, 990.0])
+    bx, by = pl.to_layout(*pl.to_slide(x, y))
+    assert np.allclose(bx, x) and np.allclose(by, y)
+    m = np.array(pl.to_he_level0_px(0.5))  # IHC level-0 px -> H&E level-0 px
+    sx, sy = pl.to_slide(x, y)
+    he = m @ np.stack([sx / 0.5, sy / 0.5, np.ones(3)])
+    assert np.allclose(he[0] * 0.5, x) and np.allclose(he[1] * 0.5, y)
+    assert np.linalg.det(m[:2, :2]) == pytest.approx(-1.0)  # a mirror
+
+
+def test_untransformed_rendering_is_unchanged():
+    """Without a placement (and with the identity placement) the pixels are those of the generator before
+    placements existed: the hash was taken from commit c4a2152 (same numpy; regenerate it when the drawing
+    changes on purpose)."""
+    import hashlib
+
+    from pipeline.synth.placement import Placement
+
+    lay = make_layout(5, 800.0, 800.0, "mixed", 0.8)
+    h = hashlib.sha256()
+    for marker in ("HE", "ER", "CK_AE1AE3", "desmin", "HER2"):
+        plain = render_region(lay, Stain.for_slide(marker, 5), 150.0, 150.0, 400, 400, 1.0)
+        h.update(plain.tobytes())
+        if marker in ("HE", "ER"):
+            same = render_region(lay, Stain.for_slide(marker, 5), 150.0, 150.0, 400, 400, 1.0, placement=Placement())
+            assert np.array_equal(plain, same), marker
+    assert h.hexdigest() == "0af8e071accbd18413d17fdb17aa08c1aceae373ae33b727141c813192705e90"
+
+
+def _tissue_thumb(path, ds: int) -> np.ndarray:
+    """Tissue of a slide's thumbnail (1/``ds``): stained pixels, closed and filled."""
+    from scipy import ndimage
+
+    s = openslide.OpenSlide(str(path))
+    w, h = s.dimensions
+    img = np.asarray(s.get_thumbnail((w // ds, h // ds)).convert("RGB"))
+    mask = ndimage.binary_closing(ndimage.gaussian_filter(_od(img).mean(-1), 1.5) > 0.03, iterations=2)
+    return ndimage.binary_opening(ndimage.binary_fill_holes(mask), iterations=2)
+
+
+def _dice_through(he_path, ihc_path, matrix) -> float:
+    """Dice of the IHC slide's drawn tissue (its thumbnail's pixels) and the H&E slide's tissue (its truth map)
+    mapped through ``matrix`` (IHC level-0 px -> H&E level-0 px), at the truth map's scale."""
+    from PIL import Image
+
+    rec = json.loads(Path(f"{he_path}.truth.json").read_text())
+    he = np.asarray(Image.open(f"{he_path}.truth.png")) > 0
+    ds = int(round(rec["labels_um_per_px"] / rec["mpp"]))
+    ihc = _tissue_thumb(ihc_path, ds)
+    yy, xx = np.mgrid[0:ihc.shape[0], 0:ihc.shape[1]]
+    m = np.asarray(matrix)
+    X, Y = (xx + 0.5) * ds, (yy + 0.5) * ds
+    hx = np.floor((m[0, 0] * X + m[0, 1] * Y + m[0, 2]) / ds).astype(int)
+    hy = np.floor((m[1, 0] * X + m[1, 1] * Y + m[1, 2]) / ds).astype(int)
+    inside = (hx >= 0) & (hx < he.shape[1]) & (hy >= 0) & (hy < he.shape[0])
+    mapped = np.zeros_like(ihc)
+    mapped[inside] = he[hy[inside], hx[inside]]
+    return 2 * (mapped & ihc).sum() / max(1, mapped.sum() + ihc.sum())
+
+
+def test_recorded_transform_maps_he_tissue_onto_ihc_tissue(tmp_path):
+    from pipeline.synth.placement import Placement
+
+    kw = dict(mpp=1.0, layout="breast_duct_carcinoma", layout_seed=9, layout_size=(1600, 1200), tissue_fraction=0.45)
+    write_slide(tmp_path / "he.svs", width=1600, height=1200, seed=1, **kw)
+    rec = write_slide(tmp_path / "er.svs", width=2000, height=2000, seed=2, stain="ER",
+                      placement=Placement(137.0, True, (220.0, 380.0), (800.0, 600.0)), he_slide="he", **kw)
+    reg = rec["registration"]
+    assert reg["he_slide"] == "he" and reg["flip"] is True and reg["rotation_deg"] == 137.0
+    assert _dice_through(tmp_path / "he.svs", tmp_path / "er.svs", reg["to_he_level0_px"]) >= 0.9
+    wrong = np.array(reg["to_he_level0_px"])
+    wrong[0, 0] *= -1  # forget the mirror: the masks no longer agree
+    assert _dice_through(tmp_path / "he.svs", tmp_path / "er.svs", wrong) < 0.8
+
+
+def _sample(slide: str) -> dict:
+    if not (ROOT / "slides_sample" / ".stamp").is_file():
+        pytest.skip("sample cohort not generated: run `make slides` (make test does it first)")
+    return json.loads((ROOT / "slides_sample" / f"{slide}.svs.truth.json").read_text())
+
+
+@pytest.mark.parametrize("slide", ["A-CK_AE1AE3", "A-ER", "A-desmin", "B-CK_AE1AE3", "B-p40", "C-desmin",
+                                   "C-CK_AE1AE3"])
+def test_sample_ihc_slides_are_placed_and_their_transform_holds(slide):
+    rec = _sample(slide)
+    reg = rec["registration"]
+    assert reg["he_slide"] == f"{slide[0]}-HE"
+    assert _dice_through(ROOT / "slides_sample" / f"{slide[0]}-HE.svs", ROOT / "slides_sample" / f"{slide}.svs",
+                         reg["to_he_level0_px"]) >= 0.97  # 50 um off: ~0.95
+    assert _sample(f"{slide[0]}-HE")["registration"] is None
+
+
+@pytest.mark.parametrize("slide, marker, tumour", [
+    ("A-ER", "ER", "adenocarcinoma"), ("B-p40", "p40", "squamous_carcinoma"),
+    ("C-desmin", "desmin", "spindle_sarcoma")])
+def test_per_tumour_cell_truth_follows_the_expression_table(slide, marker, tumour):
+    from pipeline.synth.classes import expression
+
+    cells = _sample(slide)["cells"]["tumour"]
+    frac, _ = expression(tumour, marker)
+    assert cells["n"] > 2000
+    assert abs(cells["positive_pct"] - 100 * frac) <= 5, cells
+    assert sum(cells["by_intensity"].values()) == cells["positive"]
+
+
+def test_stroma_only_desmin_of_case_a_is_negative_in_tumour_cells():
+    cells = _sample("A-desmin")["cells"]
+    assert cells["tumour"]["n"] > 2000 and cells["tumour"]["positive"] == 0
+    assert "vessel_wall" in cells["dab_areas"]  # the desmin that is there lies in vessel walls
+
+
+def test_cell_truth_counts_exactly_the_cells_drawn(monkeypatch):
+    """Record every cell the drawing stamps on a placed region covering the whole slide; the truth's counts of
+    cells centred on the slide and in tissue are the same."""
+    from pipeline.synth import draw
+    from pipeline.synth.cell_truth import cell_truth
+    from pipeline.synth.layout import lookup
+    from pipeline.synth.placement import Placement
+
+    lay = make_layout(21, 500.0, 400.0, "mixed", 0.7)
+    pl = Placement(61.0, True, (30.0, 60.0), (250.0, 200.0))
+    seen: dict[str, set] = {}
+    original = draw._Painter.add_cells
+
+    def spy(self, cells, tissue_name, *args, **kw):
+        sx, sy = pl.to_slide(cells.x, cells.y)
+        on = (sx >= 0) & (sx < 520) & (sy >= 0) & (sy < 520) & (lookup(lay, lay.labels, cells.x, cells.y) > 0)
+        seen.setdefault(tissue_name, set()).update(zip(cells.i[on].tolist(), cells.j[on].tolist(),
+                                                       [cells.salt] * int(on.sum()), strict=True))
+        return original(self, cells, tissue_name, *args, **kw)
+
+    monkeypatch.setattr(draw._Painter, "add_cells", spy)
+    render_region(lay, Stain.for_slide("ER", 3), 0.0, 0.0, 520, 520, 1.0, placement=pl)
+    truth = cell_truth(lay, "ER", 520.0, 520.0, pl)
+    assert {k: len(v) for k, v in seen.items() if v} == {k: v["n"] for k, v in truth["by_class"].items()}
+    assert truth["tumour"]["n"] > 0

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.synth.colour import Stain
 from pipeline.synth.layout import Layout
+from pipeline.synth.placement import Placement
 from pipeline.synth.render import render_region
 
 BAND_PX = 512  # level-0 rows rendered at a time (a multiple of the tile and of 4^3)
@@ -40,9 +41,9 @@ def render_factor(mpp: float, render_mpp: float | None) -> int:
     return max(1, int(round(target / mpp)))
 
 
-def band_spec(mpp: float, factor: int, width_pad: int, seed: int) -> dict:
-    """What a worker needs besides layout and stain: um/px, render factor, padded width, slide seed."""
-    return {"mpp": mpp, "factor": factor, "width_pad": width_pad, "seed": seed}
+def band_spec(mpp: float, factor: int, width_pad: int, seed: int, placement: Placement | None = None) -> dict:
+    """What a worker needs besides layout and stain: um/px, render factor, padded width, slide seed, placement."""
+    return {"mpp": mpp, "factor": factor, "width_pad": width_pad, "seed": seed, "placement": placement}
 
 
 def render_band(band: int) -> np.ndarray:
@@ -56,8 +57,8 @@ def render_band(band: int) -> np.ndarray:
     # columns of at most CHUNK_PX rendered px at a time: memory is bounded by the chunk, not the slide's width
     # (rendering is a pure function of position, so the chunks join without seams)
     nx = width_pad // f
-    img = np.concatenate([render_region(layout, stain, x * r_mpp, y0_um, min(CHUNK_PX, nx - x), rows + 2 * pad, r_mpp)
-                          for x in range(0, nx, CHUNK_PX)], axis=1)
+    img = np.concatenate([render_region(layout, stain, x * r_mpp, y0_um, min(CHUNK_PX, nx - x), rows + 2 * pad, r_mpp,
+                                        placement=spec.get("placement")) for x in range(0, nx, CHUNK_PX)], axis=1)
     if f > 1:
         from PIL import Image
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.synth import populations as pop
 from pipeline.synth.cells import Canvas, Cells, lattice
 from pipeline.synth.classes import CLASS_ID, COMPARTMENT, DAB_OD, expression
 from pipeline.synth.colour import Stain
@@ -20,13 +21,12 @@ from pipeline.synth.layout import Layout, angle_at, cells_in, lookup
 from pipeline.synth.noise import fibre_noise, hash01, nearest_site, value_noise, voronoi_gap
 
 
-def _positive(cells: Cells, tissue: str, marker: str, k: int = 40) -> np.ndarray:
+def _positive(cells: Cells, tissue: str, marker: str) -> np.ndarray:
     """DAB optical density per cell for ``marker`` in ``tissue`` (0 for negative cells)."""
-    frac, level = expression(tissue, marker)
+    frac, _ = expression(tissue, marker)
     if frac <= 0 or len(cells) == 0:
         return np.zeros(len(cells))
-    pos = cells.u(k) < frac
-    lvl = np.clip(level + np.where(cells.u(k + 1) < 0.25, -1, 0), 1, 3)  # a quarter one level weaker
+    pos, lvl = pop.positivity(cells, tissue, marker)
     return pos * np.array([DAB_OD[int(v)] for v in range(4)])[lvl]
 
 
@@ -48,9 +48,8 @@ class _Painter:
 
     def cells_for(self, spacing: float, salt: int, classes: tuple[int, ...], jitter: float = 0.45) -> Cells:
         """Lattice cells of the region whose centres lie in ``classes``."""
-        cv = self.cv
-        x1, y1 = cv.x0 + cv.nx * cv.mpp, cv.y0 + cv.ny * cv.mpp
-        return cells_in(self.layout, lattice(cv.x0, cv.y0, x1, y1, spacing, self.s + salt, jitter), classes)
+        x0, y0, x1, y1 = self.cv.bounds_um()
+        return cells_in(self.layout, lattice(x0, y0, x1, y1, spacing, self.s + salt, jitter), classes)
 
     def add_cells(self, cells: Cells, tissue_name: str, a, b, theta, od, cyto_a=None, cyto_b=None,
                   cyto_e: float = 0.0, grain: float = 0.35) -> None:
@@ -100,7 +99,7 @@ def _stroma(p: _Painter, present: set[int]) -> None:
     if cid["fibrous_stroma"] in present:
         st = cid["fibrous_stroma"] == C
         cv.e += np.where(st, 0.18 * collagen, 0)
-        fb = p.cells_for(24.0, 20, (cid["fibrous_stroma"],))
+        fb = pop.fibroblasts(p.cells_for, p.layout, s)
         p.add_cells(fb, "fibrous_stroma", 4.5 + 1.5 * fb.u(0), 1.1 + 0.4 * fb.u(1), angle_at(p.layout, fb.x, fb.y),
                     0.75, 6.0, 1.6)
     if present & {cid["fibrous_stroma"], cid["adipose"]}:
@@ -122,10 +121,10 @@ def _vessels(p: _Painter) -> None:
     lumen = host & exists & (r < 1)
     wall = host & exists & (r >= 1) & (r < 1.35)
     endo = host & exists & (r >= 0.93) & (r < 1.07)
-    rbc = lumen & (value_noise(cv.xs, cv.ys, 4.0, s + 105, grid=True) > 0.55)
+    rbc = lumen & (cv.noise(4.0, s + 105) > 0.55)
     cv.e = np.where(lumen, np.where(rbc, 1.0, 0.03), np.where(wall, cv.e + 0.4, cv.e)).astype(np.float32)
-    cv.h += np.where(endo & (value_noise(cv.xs, cv.ys, 5.0, s + 106, grid=True) > 0.6), 0.7, 0).astype(np.float32)
-    cv.h += np.where(wall & (value_noise(cv.xs, cv.ys, 4.0, s + 107, grid=True) > 0.72), 0.6, 0).astype(np.float32)
+    cv.h += np.where(endo & (cv.noise(5.0, s + 106) > 0.6), 0.7, 0).astype(np.float32)
+    cv.h += np.where(wall & (cv.noise(4.0, s + 107) > 0.72), 0.6, 0).astype(np.float32)
     for part, name in ((wall, "vessel_wall"), (endo, "endothelium")):
         od = p.dab_level(name)
         if od is not None:
@@ -144,7 +143,7 @@ def _adipose(p: _Painter) -> None:
     od = p.dab_level("adipose")
     if od is not None:
         cv.d += np.where(membrane, od * 0.9, 0)
-    an = p.cells_for(90.0, 31, (CLASS_ID["adipose"],))
+    an = pop.fat_nuclei(p.cells_for, p.layout, p.s)
     p.add_cells(an, "adipose", 4.0, 1.3, an.u(2) * np.pi, 0.7)
 
 
@@ -154,9 +153,9 @@ def _myxoid_stroma(p: _Painter) -> None:
     X, Y = cv.XY
     mx = CLASS_ID["myxoid_stroma"] == p.C
     wisp = np.clip(fibre_noise(X, Y, p.ang_px, 30.0, 2.5, s + 110) - 0.55, 0, 1).astype(np.float32)
-    cv.h += np.where(mx, 0.025 + 0.025 * value_noise(cv.xs, cv.ys, 40.0, s + 111, grid=True), 0).astype(np.float32)
+    cv.h += np.where(mx, 0.025 + 0.025 * cv.noise(40.0, s + 111), 0).astype(np.float32)
     cv.e += np.where(mx, 0.04 + 0.35 * wisp, 0).astype(np.float32)
-    mc = p.cells_for(30.0, 112, (CLASS_ID["myxoid_stroma"],), 0.5)
+    mc = pop.myxoid_cells(p.cells_for, p.layout, s)
     p.add_cells(mc, "myxoid_stroma", 3.5 + 2.0 * mc.u(0), 1.4 + 0.8 * mc.u(1), mc.u(2) * np.pi, 0.7, 7.0, 2.0, 0.15)
 
 
@@ -167,8 +166,8 @@ def _skeletal_muscle(p: _Painter) -> None:
     mus = CLASS_ID["skeletal_muscle"] == p.C
     across = -X * np.sin(ang_px) + Y * np.cos(ang_px)
     along = X * np.cos(ang_px) + Y * np.sin(ang_px)
-    width = 48.0
-    wob = (value_noise(cv.xs, cv.ys, 60.0, s + 40, grid=True) - 0.5) * 10
+    width = pop.MUSCLE_FIBRE_UM
+    wob = (cv.noise(60.0, s + 40) - 0.5) * 10
     phase = ((across + wob) / width) % 1.0
     fibre = mus & (phase > 0.09)
     texture = 0.85 + 0.3 * value_noise(along.ravel() / 3.0, across.ravel() / 25.0, 1.0, s + 41).reshape(X.shape)
@@ -176,53 +175,34 @@ def _skeletal_muscle(p: _Painter) -> None:
     od = p.dab_level("skeletal_muscle")
     if od is not None:
         cv.d += np.where(fibre, od * (0.8 + 0.2 * texture), 0).astype(np.float32)
-    mn = p.cells_for(22.0, 42, (CLASS_ID["skeletal_muscle"],))
+    mn, a = pop.muscle_nuclei_and_angles(p.cells_for, p.layout, s)  # nuclei at the fibres' edges
     if len(mn):
-        a = angle_at(p.layout, mn.x, mn.y)
-        acr = -mn.x * np.sin(a) + mn.y * np.cos(a)
-        shift = (np.round(acr / width) * width + width * 0.06 - acr)  # move to the fibre's edge
-        mn = Cells(mn.x - shift * np.sin(a), mn.y + shift * np.cos(a), mn.i, mn.j, mn.salt)
         p.add_cells(mn, "skeletal_muscle", 5.5, 1.7, a, 1.0)
 
 
 def _lymphoid(p: _Painter) -> None:
     """Aggregates of small round dark nuclei."""
-    ly = p.cells_for(6.5, 50, (CLASS_ID["lymphoid"],), 0.35)
+    ly = pop.lymphocytes(p.cells_for, p.layout, p.s)
     p.add_cells(ly, "lymphoid", 2.9 + 0.5 * ly.u(0), 2.7 + 0.4 * ly.u(1), ly.u(2) * np.pi, 1.25, 3.6, 3.4,
                 grain=0.15)
 
 
 # ---- carcinomas -------------------------------------------------------------------------------------------
-def _gland_radius(d, dx, dy, gi, gj, s: int):
-    """Wobbled distance to the gland centre and the gland's lumen radius and wall width (um)."""
-    lumen = 6.0 + 22.0 * hash01(gi, gj, s + 82)  # some glands nearly solid (ductal nests)
-    wall = 13.0 + 7.0 * hash01(gi, gj, s + 83)
-    wob = 1 + 0.22 * np.sin(np.arctan2(dy, dx) * (2 + (hash01(gi, gj, s + 84) * 4).astype(int))
-                            + 6 * hash01(gi, gj, s + 85))
-    return d / wob, lumen, wall
-
-
 def _glands(p: _Painter) -> None:
     """Adenocarcinoma: glands and ductal nests in desmoplastic stroma."""
     cv, s = p.cv, p.s
     X, Y = cv.XY
     cls = CLASS_ID["adenocarcinoma"]
     ad = cls == p.C
-    spacing = 95.0
-    d, dx, dy, gi, gj = nearest_site(X, Y, spacing, s + 80, ad)
-    dn, lumen, wall = _gland_radius(d, dx, dy, gi, gj, s)
+    d, dx, dy, gi, gj = nearest_site(X, Y, pop.GLAND_SPACING_UM, s + 80, ad)
+    dn, lumen, wall = pop.gland_radius(d, dx, dy, gi, gj, s)
     epi = ad & (dn >= lumen) & (dn < lumen + wall)
     lum = ad & (dn < lumen)
     cv.e = np.where(lum, 0.04, np.where(epi, 0.36, cv.e)).astype(np.float32)
     # epithelial cells: a dense lattice kept where it falls in a gland wall, nuclei toward the base
-    cells = p.cells_for(7.5, 86, (cls,), 0.3)
+    cells, radial = pop.gland_cells_and_radial(p.cells_for, p.layout, s)
     if not len(cells):
         return
-    cd, cdx, cdy, ci, cj = nearest_site(cells.x, cells.y, spacing, s + 80)
-    cdn, cl, cw = _gland_radius(cd, cdx, cdy, ci, cj, s)
-    keep = (cdn >= cl + 2.5) & (cdn < cl + cw - 1.0)
-    cells = cells.take(keep)
-    radial = np.arctan2(cdy[keep], cdx[keep])
     a = 3.8 + 1.8 * cells.u(0)
     p.add_cells(cells, "adenocarcinoma", a, a * (0.65 + 0.25 * cells.u(1)), radial, 0.8 + 0.35 * cells.u(2),
                 a * 1.5, a * 1.25, 0.1)
@@ -234,13 +214,11 @@ def _squamous(p: _Painter) -> None:
     X, Y = cv.XY
     cls = CLASS_ID["squamous_carcinoma"]
     sq = cls == p.C
-    nest_field = value_noise(cv.xs, cv.ys, 70.0, s + 90, grid=True)
+    nest_field = cv.noise(70.0, s + 90)
     nests = sq & (nest_field > 0.38)
-    cv.e = np.where(nests, 0.55 + 0.12 * value_noise(cv.xs, cv.ys, 6.0, s + 91, grid=True), cv.e).astype(np.float32)
-    cells = p.cells_for(12.5, 92, (cls,), 0.35)
+    cv.e = np.where(nests, 0.55 + 0.12 * cv.noise(6.0, s + 91), cv.e).astype(np.float32)
+    cells = pop.squamous_cells(p.cells_for, p.layout, s)
     if len(cells):
-        keep = value_noise(cells.x, cells.y, 70.0, s + 90) > 0.4
-        cells = cells.take(keep)
         a = 4.0 + 2.2 * cells.u(0)
         p.add_cells(cells, "squamous_carcinoma", a, a * (0.7 + 0.3 * cells.u(1)), cells.u(2) * np.pi,
                     0.75 + 0.35 * cells.u(3), 7.0, 6.2, 0.12)
@@ -260,10 +238,10 @@ def _spindle_sarcoma(p: _Painter) -> None:
     cv, s = p.cv, p.s
     X, Y = cv.XY
     sp = CLASS_ID["spindle_sarcoma"] == p.C
-    fas = p.ang_px + (value_noise(cv.xs, cv.ys, 220.0, s + 60, grid=True).astype(np.float32) - 0.5) * 2.4
+    fas = p.ang_px + (cv.noise(220.0, s + 60).astype(np.float32) - 0.5) * 2.4
     fib = fibre_noise(X, Y, fas, 18.0, 2.0, s + 61).astype(np.float32)
     cv.e += np.where(sp, 0.25 + 0.2 * fib, 0)
-    sc = p.cells_for(9.5, 62, (CLASS_ID["spindle_sarcoma"],))
+    sc = pop.spindle_cells(p.cells_for, p.layout, s)
     th = (angle_at(p.layout, sc.x, sc.y)
           + (value_noise(sc.x, sc.y, 220.0, s + 60) - 0.5) * 2.4 + 0.15 * (sc.u(3) - 0.5))
     p.add_cells(sc, "spindle_sarcoma", 6.5 + 3.5 * sc.u(0), 1.7 + 1.0 * sc.u(1), th, 0.85 + 0.4 * sc.u(2),
@@ -276,15 +254,11 @@ def _pleomorphic_sarcoma(p: _Painter) -> None:
     cls = CLASS_ID["pleomorphic_sarcoma"]
     pl = cls == p.C
     cv.e += np.where(pl, 0.22, 0)
-    pc = p.cells_for(15.0, 70, (cls,), 0.5)
+    pc = pop.pleomorphic_cells(p.cells_for, p.layout, p.s)
     a = np.exp(np.log(5.5) + 0.35 * (pc.u(0) - 0.5) * 3)
     p.add_cells(pc, "pleomorphic_sarcoma", a, a * (0.45 + 0.5 * pc.u(1)), pc.u(2) * np.pi, 0.95 + 0.7 * pc.u(3),
                 a * 1.8, a * 1.5, 0.2, grain=0.5)
-    gc = p.cells_for(110.0, 71, (cls,))
-    gc = gc.take(gc.u(0) < 0.6)
-    for k in range(4):  # giant cells: clusters of nuclei in a wide pink cell
-        g = Cells(gc.x + (gc.u(10 + k) - 0.5) * 16, gc.y + (gc.u(20 + k) - 0.5) * 16, gc.i * 5 + k, gc.j,
-                  gc.salt)
+    for k, g in enumerate(pop.giant_cell_nuclei(p.cells_for, p.layout, p.s)):  # clusters in a wide pink cell
         p.add_cells(g, "pleomorphic_sarcoma", 6 + 4 * g.u(1), 4 + 2 * g.u(2), g.u(3) * np.pi, 1.3,
                     20.0 if k == 0 else None, 16.0, 0.3)
 

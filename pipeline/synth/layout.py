@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from pipeline.synth.cells import Canvas, Cells
 from pipeline.synth.classes import CLASS_ID, CLASSES
-from pipeline.synth.noise import smooth_noise, value_noise
+from pipeline.synth.noise import smooth_noise
 
 # tumour: {class: share of tumour area}; tumour_share: tumour fraction of tissue; normal: {class: weight}
 LAYOUTS = {
@@ -144,8 +144,8 @@ def class_map(layout: Layout, canvas: Canvas, warp_um: float = 10.0) -> np.ndarr
     """The layout's class per pixel, with boundaries roughened by seamless noise."""
     X, Y = canvas.XY
     salt = layout.seed * 1000
-    wx = (value_noise(canvas.xs, canvas.ys, 35.0, salt + 1, grid=True) - 0.5) * 2 * warp_um
-    wy = (value_noise(canvas.xs, canvas.ys, 35.0, salt + 2, grid=True) - 0.5) * 2 * warp_um
+    wx = (canvas.noise(35.0, salt + 1) - 0.5) * 2 * warp_um
+    wy = (canvas.noise(35.0, salt + 2) - 0.5) * 2 * warp_um
     lx = np.clip(((X + wx) / layout.layout_um).astype(np.int64), 0, layout.labels.shape[1] - 1)
     ly = np.clip(((Y + wy) / layout.layout_um).astype(np.int64), 0, layout.labels.shape[0] - 1)
     labels = layout.labels[ly, lx]

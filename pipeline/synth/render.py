@@ -2,7 +2,8 @@
 
 Everything is a pure function of a seed and absolute positions in micrometres, so any region of a slide renders
 the same pixels whichever band or tile it is rendered with: slides are written in bands without seams, and an
-IHC slide of a case has exactly the cells of its H&E slide (same layout seed, other colours).
+IHC slide of a case has exactly the cells of its H&E slide (same layout seed, other colours), placed on its glass
+by a :class:`~pipeline.synth.placement.Placement` when it has one.
 
 * :func:`render_region`: RGB pixels of a rectangle of a slide (a :class:`~pipeline.synth.layout.Layout` and a
   :class:`~pipeline.synth.colour.Stain`) at ``mpp`` um/px: class map (:mod:`pipeline.synth.layout`), cells and
@@ -20,13 +21,16 @@ from pipeline.synth.colour import Stain, to_rgb
 from pipeline.synth.draw import draw
 from pipeline.synth.layout import Layout, class_map
 from pipeline.synth.noise import smooth_noise
+from pipeline.synth.placement import Placement
 
 
 def render_region(layout: Layout, stain: Stain, x0_um: float, y0_um: float, nx: int, ny: int,
-                  mpp: float, margin_um: float = 30.0) -> np.ndarray:
-    """RGB uint8 (ny, nx, 3) of the slide region starting at (x0_um, y0_um) (level-0 um) at ``mpp`` um/px."""
+                  mpp: float, margin_um: float = 30.0, placement: Placement | None = None) -> np.ndarray:
+    """RGB uint8 (ny, nx, 3) of the slide region starting at (x0_um, y0_um) (level-0 um) at ``mpp`` um/px.
+
+    With a ``placement`` the region is in the slide frame of a section placed on its glass by it."""
     m = int(np.ceil(margin_um / mpp))
-    cv = Canvas(x0_um - m * mpp, y0_um - m * mpp, nx + 2 * m, ny + 2 * m, mpp)
+    cv = Canvas(x0_um - m * mpp, y0_um - m * mpp, nx + 2 * m, ny + 2 * m, mpp, placement)
     C = class_map(layout, cv)
     present = set(np.unique(C).tolist())
     if present != {0}:

@@ -5,7 +5,9 @@ Steps: check the request; draw the tissue layout (:mod:`pipeline.synth.layout`);
 file, the reduced levels accumulated in raw temporary files and written afterwards (:mod:`pipeline.synth.pyramid`),
 so memory is bounded by one band (width x 512 px), not the slide; write the TIFF directories
 (:mod:`pipeline.synth.tiff_writer`); write the truth files (:mod:`pipeline.synth.truth`). The file appears
-atomically; the same seed gives byte-identical files.
+atomically; the same seed gives byte-identical files. An IHC slide may lie on its glass under a known rigid
+transform relative to its case's H&E slide (:mod:`pipeline.synth.placement`); without one its pixels are those of
+the untransformed generator, byte for byte.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +23,11 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.errors import TriageError
 from pipeline.synth.bands import BAND_PX, band_spec, render_factor, rendered_bands
+from pipeline.synth.cell_truth import cell_truth
 from pipeline.synth.classes import COMPARTMENT
 from pipeline.synth.colour import Stain
 from pipeline.synth.layout import LAYOUTS, Layout, make_layout
+from pipeline.synth.placement import Placement, placed_labels, random_placement
 from pipeline.synth.pyramid import TILE_PX, level0_tiles, level_sizes, raw_tiles
 from pipeline.synth.tiff_writer import TiffSpec, objective_power
 from pipeline.synth.truth import truth_record, write_truth
@@ -43,13 +48,13 @@ def _check_request(fmt: str, layout: str, stain: str, width: int, height: int, m
 
 
 def _encode(path: Path, spec: TiffSpec, lay: Layout, stain: Stain, *, seed: int, render_mpp: float | None,
-            workers: int) -> list[tuple[int, int]]:
+            workers: int, placement: Placement | None = None) -> list[tuple[int, int]]:
     """Render and write the slide file at ``path`` (atomically); returns the level sizes."""
     import tifffile
 
     width, height, mpp = spec.width, spec.height, spec.mpp
     f = render_factor(mpp, render_mpp)
-    bands_spec = band_spec(mpp, f, -(-width // (TILE_PX * f)) * TILE_PX * f, seed)
+    bands_spec = band_spec(mpp, f, -(-width // (TILE_PX * f)) * TILE_PX * f, seed, placement)
     sizes = level_sizes(width, height)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.levels.") as tmpdir, \
             atomic_path(path) as tmp:
@@ -80,22 +85,40 @@ def _encode(path: Path, spec: TiffSpec, lay: Layout, stain: Stain, *, seed: int,
 def write_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float = 0.25, seed: int = 0,
                 stain: str = "HE", layout: str = "mixed", fmt: str = "svs", tissue_fraction: float = 0.4,
                 layout_seed: int | None = None, artefacts: tuple[str, ...] = (), identifiers: bool = False,
-                quality: int = 85, workers: int = 1, render_mpp: float | None = None, truth: bool = True) -> dict:
-    """Write one synthetic slide (and its truth files); returns the truth record. Deterministic per arguments."""
+                quality: int = 85, workers: int = 1, render_mpp: float | None = None, truth: bool = True,
+                placement: Placement | None = None, placement_seed: int | None = None,
+                he_slide: str | None = None, layout_size: tuple[int, int] | None = None) -> dict:
+    """Write one synthetic slide (and its truth files); returns the truth record. Deterministic per arguments.
+
+    ``placement`` puts the section on the glass under that rigid transform relative to the layout (= the H&E
+    slide of the same ``layout_seed``); ``placement_seed`` draws one (:func:`random_placement`) that keeps the
+    tissue on the slide; ``he_slide`` names the H&E slide in the truth file's ``registration``; ``layout_size``
+    (level-0 px, default the slide's size) is the size of the frame the layout is drawn in: the H&E slide's."""
     path = Path(path)
     fmt = _check_request(fmt, layout, stain, width, height, mpp)
+    if placement is not None and placement_seed is not None:
+        raise TriageError("give a placement or a placement_seed, not both")
     layout_seed = seed if layout_seed is None else layout_seed
-    lay = make_layout(layout_seed, width * mpp, height * mpp, layout, tissue_fraction, tuple(artefacts))
+    lw, lh = layout_size or (width, height)
+    lay = make_layout(layout_seed, lw * mpp, lh * mpp, layout, tissue_fraction, tuple(artefacts))
+    if placement_seed is not None:
+        placement = random_placement(placement_seed, lay, width * mpp, height * mpp)
     spec = TiffSpec(fmt, width, height, mpp, quality, identifiers)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     sizes = _encode(path, spec, lay, Stain.for_slide(stain, seed), seed=seed, render_mpp=render_mpp,
-                    workers=workers)
+                    workers=workers, placement=placement)
     seconds = time.perf_counter() - t0
-    record = truth_record(path, lay, fmt=fmt, stain=stain, layout=layout, seed=seed, layout_seed=layout_seed,
+    seen = lay  # the class map in the slide's frame
+    if placement is not None or (lw, lh) != (width, height):
+        seen = replace(lay, labels=placed_labels(lay, placement or Placement(), width * mpp, height * mpp))
+    record = truth_record(path, seen, fmt=fmt, stain=stain, layout=layout, seed=seed, layout_seed=layout_seed,
                           mpp=mpp, objective_power=objective_power(mpp), sizes=sizes, artefacts=artefacts,
                           truth=truth)
+    record["registration"] = None if placement is None else placement.record(mpp, he_slide)
+    if truth and stain != "HE":
+        record["cells"] = cell_truth(lay, stain, width * mpp, height * mpp, placement)
     if truth:
-        write_truth(path, record, lay)
+        write_truth(path, record, seen)
     record["write_seconds"] = round(seconds, 2)
     return record

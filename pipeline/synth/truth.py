@@ -2,7 +2,12 @@
 
 The JSON record names the generator, the slide's geometry, classes and their shares, stain and expected
 expression; the PNG is the class map (one grey level per class id of :data:`pipeline.synth.classes.CLASSES`) at
-``labels_um_per_px``: level-0 pixel (x, y) is label pixel (x * mpp / labels_um_per_px, y * mpp / labels_um_per_px).
+``labels_um_per_px``, in the slide's own frame: level-0 pixel (x, y) is label pixel (x * mpp / labels_um_per_px,
+y * mpp / labels_um_per_px). :func:`~pipeline.synth.slide_writer.write_slide` adds ``registration`` (None, or
+for a section placed on its glass under a rigid transform: ``to_he_level0_px``, the 3x3 matrix from its level-0
+px to the H&E slide's, with ``rotation_deg``, ``flip``, ``shift_um``, ``centre_um``, ``he_slide``:
+:meth:`pipeline.synth.placement.Placement.record`) and, on IHC slides, ``cells``: the drawn cells per tissue
+class and over all tumour cells, positive per intensity (:func:`pipeline.synth.cell_truth.cell_truth`).
 
 Public: :func:`expression_truth`, :func:`truth_record`, :func:`write_truth`.
 """
