@@ -27,6 +27,7 @@ from pipeline import DISCLAIMER, atomic
 from pipeline.ihc import stain
 from pipeline.ihc.contact_sheet import contact_sheet, png_bytes, slide_contact_sheet
 from pipeline.ihc.measure import COUNT_COLUMNS, SUM_COLUMNS, derived_metrics, quantify_tile
+from pipeline.ihc.measured_region import measured_region, summarise_rows
 from pipeline.ihc.nuclei import estimate_nucleus_threshold
 from pipeline.ihc.params import IhcParams
 from pipeline.ihc.reading import distribution, internal_control, marker_result
@@ -150,6 +151,11 @@ def configure_parser(parser) -> None:
     parser.add_argument("--out", help="ihc.json to write (slide totals and marker result)")
     parser.add_argument("--threads", type=int, default=1, help="worker threads")
     parser.add_argument("--contact-sheet", help="PNG contact sheet: RGB | H | DAB | classes | nuclei")
+    parser.add_argument("--registration", default=None,
+                        help="registration.json from register-ihc (this slide onto its case's H&E slide): the marker "
+                             "is then read in the tumour region; without it, over the whole tissue (flagged)")
+    parser.add_argument("--he-tiles", default=None, help="the H&E slide's tiles.parquet (with --registration)")
+    parser.add_argument("--he-scores", default=None, help="the H&E slide's scores.parquet (with --registration)")
 
 
 def run(args) -> None:
@@ -204,6 +210,28 @@ def image_mpp(path, mpp: float | None, quantify_mpp: float) -> float:
     return mpp
 
 
+def restrict_to_tumour(record: dict, rows: list[dict], args, config: dict, params: IhcParams, entry: dict,
+                       tile_size_level0: float) -> None:
+    """Read the marker in the tumour region when the registration allows (:mod:`pipeline.ihc.measured_region`):
+    the region's figures become the slide's, the whole tissue's stay under ``whole_tissue``; otherwise the
+    whole-tissue figures stay, and ``region`` says why they are not restricted. Marks each row in or out."""
+    region = measured_region(rows, tile_size_level0, args.registration, args.he_tiles, args.he_scores,
+                             (config.get("ihc") or {}).get("tumour_region"), config["slide_call"]["tumour_prob_min"])
+    inside = region.pop("in_region")
+    record["region"] = region
+    for i, row in enumerate(rows):
+        row["in_tumour_region"] = bool(inside[i]) if inside is not None else None
+    if inside is None:
+        log.warning("%s: %s", record["slide_id"], region["reason"])
+        return
+    record["whole_tissue"] = {k: record[k] for k in ("tissue_mm2", "counts", "metrics", "distribution", "result")}
+    tumour = summarise_rows([r for r, keep in zip(rows, inside, strict=True) if keep], entry, params)
+    region["tiles"] = tumour.pop("tiles")
+    record.update(tumour)
+    log.info("%s: read in the tumour region (%d of %d tiles): %s", record["slide_id"], region["tiles"], len(rows),
+             record["result"]["reason"])
+
+
 def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> None:
     from pipeline.errors import SlideError
     from pipeline.slides.reader import open_slide
@@ -243,6 +271,7 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
                 record["stain_check"] = check
                 rows, summary = quantify_ihc(slide, grid.x, grid.y, grid_size_um, entry, params, args.threads, thumb)
                 record.update(summary)
+                restrict_to_tumour(record, rows, args, config, params, entry, float(grid.meta["tile_size_level0"]))
                 if args.contact_sheet and rows:
                     slide_contact_sheet(slide, rows, grid_size_um, params, entry, summary, args.contact_sheet)
         except SlideError as exc:

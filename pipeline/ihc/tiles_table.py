@@ -8,7 +8,7 @@ from pipeline.tables import write_table
 
 TILE_COLUMNS = ("x", "y", *COUNT_COLUMNS, *SUM_COLUMNS, "tissue_pct", "area_positive_pct", "pct_1plus",
                 "pct_2plus", "pct_3plus", "h_score", "dab_mean_od", "h_mean_od", "nuclei_positive",
-                "nuclei_positive_pct", "nuclear_h_score")
+                "nuclei_positive_pct", "nuclear_h_score", "in_tumour_region")
 
 
 def write_tiles(path, rows: list[dict], meta: dict) -> None:
@@ -17,9 +17,11 @@ def write_tiles(path, rows: list[dict], meta: dict) -> None:
 
     columns = {}
     for name in TILE_COLUMNS:
-        values = [r[name] for r in rows]
+        values = [r.get(name) for r in rows]
         if name in ("x", "y", *COUNT_COLUMNS, "nuclei_positive"):
             columns[name] = pa.array(values, pa.int64())
+        elif name == "in_tumour_region":  # null: no tumour region (not restricted)
+            columns[name] = pa.array(values, pa.bool_())
         else:
             columns[name] = pa.array(values, pa.float64())
     write_table(path, columns, meta)

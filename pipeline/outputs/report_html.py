@@ -135,12 +135,24 @@ def _evidence_table(case: dict) -> str:
     return f'<table><caption>Evidence</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def region_text(region: dict | None) -> str:
+    """Where the marker was read, and how well the slide was registered onto its H&E slide."""
+    if not region:
+        return ""
+    reg = region.get("registration") or {}
+    how = (f"registered onto {reg.get('he_slide_id')}: score {fmt(reg.get('score'))}, residual p95 "
+           f"{fmt(reg.get('residual_p95_um'), 1)} um") if reg.get("status") == "ok" else ""
+    if region.get("restricted_to_tumour"):
+        return f"tumour region ({region.get('tiles')} tiles; {how})"
+    return region.get("reason", "") + (f" ({how})" if how else "")
+
+
 def _ihc_table(slides: list[dict]) -> str:
     ihc = [s for s in slides if s["kind"] == "IHC"]
     if not ihc:
         return ""
-    cols = ("slide", "marker", "result", "metric", "value", "cut-off", "pattern", "internal control", "stain check",
-            "status")
+    cols = ("slide", "marker", "result", "metric", "value", "cut-off", "measured in", "whole tissue", "pattern",
+            "internal control", "stain check", "status")
     head = "".join(f'<th scope="col">{esc(c)}</th>' for c in cols)
     body = []
     for s in ihc:
@@ -151,8 +163,10 @@ def _ihc_table(slides: list[dict]) -> str:
         ic_text = "" if not ic else ("seen" if ic.get("seen") else "not seen") + f" ({ic.get('expected', '')})"
         sc = s.get("stain_check") or {}
         sc_text = "probable mislabel" if sc.get("probable_mislabel") else ("consistent" if sc else "")
+        whole = ((d.get("whole_tissue") or {}).get("result") or {}).get("value")
         cells = (s["slide_id"], s["stain"], r.get("call"), r.get("metric"), fmt(r.get("value")), fmt(r.get("cutoff")),
-                 dist, ic_text, sc_text, s["status"] + (f": {s['reason']}" if s["reason"] else ""))
+                 region_text(d.get("region")), fmt(whole), dist, ic_text, sc_text,
+                 s["status"] + (f": {s['reason']}" if s["reason"] else ""))
         body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     return (f'<table><caption>Immunohistochemistry (automated DAB quantification)</caption>'
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')

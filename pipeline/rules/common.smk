@@ -102,3 +102,31 @@ def result_jobs_tsv():
         paths = [str(job.output[0]).format(case=case), str(job.log[0]).format(case=case)]
         lines.append("\t".join((case, "", "", "call_case", *paths)))
     return "\n".join(lines) + "\n"
+
+
+# The H&E slide each IHC slide is registered onto: the first H&E slide of its case in sheet order (none: the
+# marker is read over the whole tissue, flagged "not restricted to tumour").
+HE_OF = {s: next((h for h in CASES[SAMPLES[s]["case_id"]] if h in HE_SLIDES), None) for s in IHC_SLIDES}
+REGISTERED = [s for s in IHC_SLIDES if HE_OF[s]]
+
+
+def he_mpp_arg(wildcards):
+    """``--he-mpp X`` when the sample sheet overrides the H&E slide's MPP, else nothing."""
+    mpp = SAMPLES[HE_OF[wildcards.slide]]["mpp"]
+    return f"--he-mpp {float(mpp)!r}" if mpp else ""
+
+
+def region_inputs(wildcards):
+    """The registration and the H&E slide's grid and scores, when the case has an H&E slide."""
+    he = HE_OF.get(wildcards.slide)
+    if not he:
+        return {}
+    return {"registration": f"{RESULTS}/slides/{wildcards.slide}/registration.json",
+            "he_tiles": f"{RESULTS}/slides/{he}/tiles.parquet", "he_scores": f"{RESULTS}/slides/{he}/scores.parquet"}
+
+
+def region_args(wildcards, input):
+    if "registration" not in input.keys():
+        return ""
+    return (f"--registration {shlex.quote(input.registration)} --he-tiles {shlex.quote(input.he_tiles)}"
+            f" --he-scores {shlex.quote(input.he_scores)}")
