@@ -1,6 +1,7 @@
 """DAB measured on one RGB tile (pure: arrays in, dicts out): :func:`pixel_counts` (tissue pixels and DAB
-intensity classes 0 / 1+ / 2+ / 3+), :func:`quantify_tile` (pixels and nuclei of one tile, see
-:data:`COUNT_COLUMNS`) and :func:`derived_metrics` (percentages and H-scores from summed counts).
+intensity classes 0 / 1+ / 2+ / 3+), :func:`quantify_tile` (pixels, nuclei and, with a compartment, cells of one
+tile, see :data:`COUNT_COLUMNS` and :mod:`pipeline.ihc.cells`) and :func:`derived_metrics` (percentages and
+H-scores from summed counts).
 
 Units: OD is log10 optical density along a unit stain vector (:mod:`pipeline.ihc.stain`); percentages 0-100;
 H-scores 0-300."""
@@ -9,16 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.ihc.cells import CELL_COUNT_COLUMNS, cell_counts, cell_metrics, empty_counts
 from pipeline.ihc.nuclei import detect_nuclei, estimate_nucleus_threshold, nucleus_counts
 from pipeline.ihc.params import IhcParams
 from pipeline.ihc.stain import Deconvolver, intensity_classes
 
 # Per-tile count columns, summed over tiles for the slide totals (so slide percentages weigh every pixel
-# and every nucleus equally, not every tile).
+# and every nucleus and cell equally, not every tile).
 
 
 COUNT_COLUMNS = ("pixels", "tissue_px", "px_1plus", "px_2plus", "px_3plus", "nuclei", "nuclei_1plus",
-                 "nuclei_2plus", "nuclei_3plus")
+                 "nuclei_2plus", "nuclei_3plus", *CELL_COUNT_COLUMNS)
 
 
 SUM_COLUMNS = ("dab_od_sum", "h_od_sum")
@@ -55,36 +57,53 @@ def pixel_counts(h_od: np.ndarray, dab_od: np.ndarray, tissue: np.ndarray, thres
     }
 
 
+def _detect(h: np.ndarray, dab: np.ndarray, mpp: float, params: IhcParams, nucleus_od_min, include_dab: bool):
+    """Nucleus labels of a tile (see :func:`quantify_tile` for ``nucleus_od_min``)."""
+    if nucleus_od_min is None:
+        nucleus_od_min = params.nucleus_od_min
+        if nucleus_od_min == "auto":
+            nucleus_od_min = estimate_nucleus_threshold(h, dab, mpp, params.nucleus_sigma_um,
+                                                        params.dab_od_thresholds[0] / 2, params.nucleus_od_range)
+    return detect_nuclei(h, dab if include_dab else np.zeros_like(dab), mpp, sigma_um=params.nucleus_sigma_um,
+                         od_min=nucleus_od_min, min_area_um2=params.nucleus_min_area_um2,
+                         max_area_um2=params.nucleus_max_area_um2, min_distance_um=params.nucleus_min_distance_um)
+
+
 def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
                   deconvolver: Deconvolver | None = None, nucleus_od_min: float | None = None,
-                  return_images: bool = False, nuclei_include_dab: bool = True):
+                  return_images: bool = False, nuclei_include_dab: bool = True, compartment: str | None = None):
     """Counts for one RGB tile at ``mpp`` um/px (see COUNT_COLUMNS); with ``return_images`` also the maps.
 
     ``nucleus_od_min`` is the slide's calibrated threshold; None uses the configured number, or with
     ``auto`` estimates it from this tile alone. ``nuclei_include_dab=False`` finds nuclei on haematoxylin
     alone (for pictures of cytoplasmic stains, where DAB fills the cytoplasm around the nuclei).
+
+    ``compartment`` (markers.yaml: nuclear, cytoplasmic, membranous, nuclear_cytoplasmic) adds per-cell counts
+    (:func:`pipeline.ihc.cells.cell_counts`; None: those counts are 0). Cells of a nuclear marker are its nuclei;
+    the other compartments grow cells from nuclei found on haematoxylin alone (DAB outside the nucleus would
+    merge neighbours). The pixel and nucleus counts do not depend on ``compartment``.
     """
     deconvolver = deconvolver or Deconvolver()
     h, dab, od = deconvolver(rgb)
     tissue = tissue_pixels(od, mpp, params.tissue_od_min, params.tissue_sigma_um, params.tissue_max_hole_um2)
     counts = pixel_counts(h, dab, tissue, params.dab_od_thresholds)
-    labels = None
+    labels = cell_labels = None
     if nuclear:
-        if nucleus_od_min is None:
-            nucleus_od_min = params.nucleus_od_min
-            if nucleus_od_min == "auto":
-                nucleus_od_min = estimate_nucleus_threshold(h, dab, mpp, params.nucleus_sigma_um,
-                                                            params.dab_od_thresholds[0] / 2, params.nucleus_od_range)
-        labels = detect_nuclei(h, dab if nuclei_include_dab else np.zeros_like(dab), mpp,
-                               sigma_um=params.nucleus_sigma_um, od_min=nucleus_od_min,
-                               min_area_um2=params.nucleus_min_area_um2, max_area_um2=params.nucleus_max_area_um2,
-                               min_distance_um=params.nucleus_min_distance_um)
+        labels = _detect(h, dab, mpp, params, nucleus_od_min, nuclei_include_dab)
         counts.update(nucleus_counts(labels, h, dab, params.dab_od_thresholds, params.nucleus_dab_fraction_min,
                                      params.nucleus_dab_od_min))
     else:
         counts.update(nuclei=0, nuclei_1plus=0, nuclei_2plus=0, nuclei_3plus=0)
+    if compartment is None:
+        counts.update(empty_counts())
+    else:
+        reuse = compartment == "nuclear" and labels is not None and nuclei_include_dab
+        cell_labels = labels if reuse else _detect(h, dab, mpp, params, nucleus_od_min,
+                                                    compartment == "nuclear")
+        counts.update(cell_counts(cell_labels, h, dab, mpp, compartment, params.dab_od_thresholds,
+                                  params.nucleus_dab_fraction_min, params.nucleus_dab_od_min))
     if return_images:
-        return counts, {"h": h, "dab": dab, "tissue": tissue, "labels": labels}
+        return counts, {"h": h, "dab": dab, "tissue": tissue, "labels": labels, "cell_nuclei": cell_labels}
     return counts
 
 
@@ -98,7 +117,8 @@ def derived_metrics(c: dict) -> dict:
     * ``area_positive_pct`` = tissue pixels at DAB >= 1+ / tissue pixels;
     * ``h_score`` (pixel) = 1 x %1+ + 2 x %2+ + 3 x %3+ over tissue pixels (0-300);
     * ``nuclei_positive_pct`` = nuclei with mean DAB >= 1+ / nuclei (labelling index);
-    * ``nuclear_h_score`` = the same H-score over nuclei (the classic cell-based H-score).
+    * ``nuclear_h_score`` = the same H-score over nuclei (the classic cell-based H-score);
+    * the per-cell figures of :func:`pipeline.ihc.cells.cell_metrics` (cells scored in the marker's compartment).
     """
     t, n = c["tissue_px"], c["nuclei"]
     pos_px = c["px_1plus"] + c["px_2plus"] + c["px_3plus"]
@@ -115,4 +135,5 @@ def derived_metrics(c: dict) -> dict:
         "nuclear_h_score": round(100.0 * (c["nuclei_1plus"] + 2 * c["nuclei_2plus"] + 3 * c["nuclei_3plus"]) / n, 2)
         if n else None,
     }
+    out.update(cell_metrics(c))
     return out

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from pipeline.ihc.cells import CELL_METRIC_COLUMNS
 from pipeline.ihc.measure import COUNT_COLUMNS, SUM_COLUMNS
 from pipeline.tables import write_table
 
 TILE_COLUMNS = ("x", "y", *COUNT_COLUMNS, *SUM_COLUMNS, "tissue_pct", "area_positive_pct", "pct_1plus",
                 "pct_2plus", "pct_3plus", "h_score", "dab_mean_od", "h_mean_od", "nuclei_positive",
-                "nuclei_positive_pct", "nuclear_h_score", "in_tumour_region")
+                "nuclei_positive_pct", "nuclear_h_score", *CELL_METRIC_COLUMNS, "in_tumour_region")
 
 
 def write_tiles(path, rows: list[dict], meta: dict) -> None:
@@ -18,7 +19,7 @@ def write_tiles(path, rows: list[dict], meta: dict) -> None:
     columns = {}
     for name in TILE_COLUMNS:
         values = [r.get(name) for r in rows]
-        if name in ("x", "y", *COUNT_COLUMNS, "nuclei_positive"):
+        if name in ("x", "y", *COUNT_COLUMNS, "nuclei_positive", "cells_positive"):
             columns[name] = pa.array(values, pa.int64())
         elif name == "in_tumour_region":  # null: no tumour region (not restricted)
             columns[name] = pa.array(values, pa.bool_())
