@@ -51,10 +51,11 @@ def _registration_brief(record: dict) -> dict:
             "flip": (record.get("transform") or {}).get("flip")}
 
 
-def measured_region(rows: list[dict], ihc_tile_level0: float, registration_path: str | None,
+def measured_region(xs, ys, ihc_tile_level0: float, registration_path: str | None,
                     he_tiles_path: str | None, he_scores_path: str | None, settings: dict, default_prob_min: float
                     ) -> dict:
-    """The region record (``restricted_to_tumour``, ``reason``, ``registration``, ``in_region`` per row or None)."""
+    """The region record (``restricted_to_tumour``, ``reason``, ``registration``, ``in_region``: per IHC grid tile
+    at level-0 top-left ``xs``, ``ys``, or None when not restricted)."""
     s = {**DEFAULTS, **(settings or {})}
     prob_min = default_prob_min if s["prob_min"] is None else float(s["prob_min"])
     if not registration_path:
@@ -73,11 +74,9 @@ def measured_region(rows: list[dict], ihc_tile_level0: float, registration_path:
     if not tumour.any():
         return _not_restricted(f"no H&E tile reaches tumour probability {prob_min:g}", brief)
     matrix = np.array(record["transform"]["matrix_level0_px"], np.float64)
-    xs = np.array([r["x"] for r in rows], np.float64)
-    ys = np.array([r["y"] for r in rows], np.float64)
-    fraction = region_fraction(xs, ys, ihc_tile_level0, scores["x"], scores["y"],
-                               float(he_meta["tile_size_level0"]), tumour, matrix, float(he_meta["mpp"]),
-                               float(s["margin_um"]))
+    fraction = region_fraction(np.asarray(xs, np.float64), np.asarray(ys, np.float64), ihc_tile_level0,
+                               scores["x"], scores["y"], float(he_meta["tile_size_level0"]), tumour, matrix,
+                               float(he_meta["mpp"]), float(s["margin_um"]))
     inside = in_region(fraction)
     if int(inside.sum()) < int(s["min_tiles"]):
         return _not_restricted(f"only {int(inside.sum())} IHC tiles lie in the registered tumour region "

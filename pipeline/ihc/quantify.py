@@ -81,8 +81,12 @@ def calibrate_slide(slide, grid_x, grid_y, grid_size_um: float, params: IhcParam
 
 
 def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: float, entry: dict,
-                 params: IhcParams, threads: int = 1, thumb=None) -> tuple[list[dict], dict]:
+                 params: IhcParams, threads: int = 1, thumb=None, cell_tiles: np.ndarray | None = None
+                 ) -> tuple[list[dict], dict]:
     """Quantify every grid tile of an open slide; returns (per-tile rows, slide summary).
+
+    Tiles flagged in ``cell_tiles`` (the tumour region) are also scored cell by cell in the marker's compartment
+    (:mod:`pipeline.ihc.cells`); the others by pixels and nuclei only.
 
     Each grid tile (top-left ``grid_x[i], grid_y[i]`` level-0 px, side ``grid_size_um``) is read once at
     ``params.quantify_mpp`` (same physical area, more pixels). Reads are serialised by a lock (the reader's
@@ -98,7 +102,9 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
     def work(i: int) -> dict:
         with lock:
             rgb = slide.read_tile(int(grid_x[i]), int(grid_y[i]), tile_px, params.quantify_mpp)
-        return quantify_tile(rgb, params.quantify_mpp, params, nuclear, deconvolver, nucleus_od_min)
+        compartment = entry["compartment"] if cell_tiles is not None and cell_tiles[i] else None
+        return quantify_tile(rgb, params.quantify_mpp, params, nuclear, deconvolver, nucleus_od_min,
+                             compartment=compartment)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -210,14 +216,11 @@ def image_mpp(path, mpp: float | None, quantify_mpp: float) -> float:
     return mpp
 
 
-def restrict_to_tumour(record: dict, rows: list[dict], args, config: dict, params: IhcParams, entry: dict,
-                       tile_size_level0: float) -> None:
-    """Read the marker in the tumour region when the registration allows (:mod:`pipeline.ihc.measured_region`):
-    the region's figures become the slide's, the whole tissue's stay under ``whole_tissue``; otherwise the
+def restrict_to_tumour(record: dict, rows: list[dict], region: dict, inside: np.ndarray | None, params: IhcParams,
+                       entry: dict) -> None:
+    """Read the marker in the tumour region when there is one (:mod:`pipeline.ihc.measured_region`): the region's
+    figures (per cell too) become the slide's, the whole tissue's stay under ``whole_tissue``; otherwise the
     whole-tissue figures stay, and ``region`` says why they are not restricted. Marks each row in or out."""
-    region = measured_region(rows, tile_size_level0, args.registration, args.he_tiles, args.he_scores,
-                             (config.get("ihc") or {}).get("tumour_region"), config["slide_call"]["tumour_prob_min"])
-    inside = region.pop("in_region")
     record["region"] = region
     for i, row in enumerate(rows):
         row["in_tumour_region"] = bool(inside[i]) if inside is not None else None
@@ -269,9 +272,14 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
                                     ihc_dab_min=params.stain_check_ihc_dab_min,
                                     ihc_eosin_min=params.stain_check_ihc_eosin_min)
                 record["stain_check"] = check
-                rows, summary = quantify_ihc(slide, grid.x, grid.y, grid_size_um, entry, params, args.threads, thumb)
+                region = measured_region(grid.x, grid.y, float(grid.meta["tile_size_level0"]), args.registration,
+                                         args.he_tiles, args.he_scores, (config.get("ihc") or {}).get("tumour_region"),
+                                         config["slide_call"]["tumour_prob_min"])
+                inside = region.pop("in_region")
+                rows, summary = quantify_ihc(slide, grid.x, grid.y, grid_size_um, entry, params, args.threads, thumb,
+                                             cell_tiles=inside)
                 record.update(summary)
-                restrict_to_tumour(record, rows, args, config, params, entry, float(grid.meta["tile_size_level0"]))
+                restrict_to_tumour(record, rows, region, inside, params, entry)
                 if args.contact_sheet and rows:
                     slide_contact_sheet(slide, rows, grid_size_um, params, entry, summary, args.contact_sheet)
         except SlideError as exc:
