@@ -272,7 +272,8 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
                                     ihc_dab_min=params.stain_check_ihc_dab_min,
                                     ihc_eosin_min=params.stain_check_ihc_eosin_min)
                 record["stain_check"] = check
-                region = measured_region(grid.x, grid.y, float(grid.meta["tile_size_level0"]), args.registration,
+                size0 = float(grid.meta.get("tile_size_level0") or tile_px * target_mpp / slide.mpp)
+                region = measured_region(grid.x, grid.y, size0, args.registration,
                                          args.he_tiles, args.he_scores, (config.get("ihc") or {}).get("tumour_region"),
                                          config["slide_call"]["tumour_prob_min"])
                 inside = region.pop("in_region")
