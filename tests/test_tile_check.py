@@ -79,3 +79,12 @@ def test_defaults_match_the_shipped_config():
 def test_bad_input_is_refused(bad):
     with pytest.raises(ValueError):
         tc.tile_check_scores(bad)
+
+
+def test_large_tiles_count_like_their_quarters():
+    """Pixel counts are packed in 16-bit fields: a 512 px tile (262,144 pixels) must not overflow them."""
+    rng = np.random.default_rng(0)
+    quarters = rng.integers(60, 200, (4, 256, 256, 3), dtype=np.uint8)
+    whole = np.concatenate([np.concatenate(quarters[:2], axis=1), np.concatenate(quarters[2:], axis=1)])[None]
+    for key in ("stained", "off_plane", "counterstain", "dark"):
+        assert tc.tile_statistics(whole)[key][0] == pytest.approx(tc.tile_statistics(quarters)[key].mean())

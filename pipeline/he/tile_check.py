@@ -47,6 +47,14 @@ CHECKS = {
     "blur": ("sharpness", "min_sharpness", "min"),
     "dark": ("dark", "max_dark_fraction", "max"),
 }
+_CHUNK = 8
+# Pixel class code (bits: 1 stained, 2 outside the H&E colour region, 4 haematoxylin alone, 8 dark) -> four
+# 16-bit counters packed in one int64 (stained | stained & outside | stained, inside, not haematoxylin alone | dark),
+# so one sum counts all four (over segments of fewer than 65,536 pixels: a 224 px tile is one segment).
+_CODES = np.arange(16)
+_PACKED = (((_CODES & 1) > 0) * 1 + ((_CODES & 3) == 3) * (1 << 16) + ((_CODES & 7) == 1) * (1 << 32)
+           + ((_CODES & 8) > 0) * (1 << 48)).astype(np.int64)
+_SEGMENT_PX = (1 << 16) - 1
 _FLOOR = 1e-6  # a "min" statistic of 0 gives threshold / 1e-6, far above 1 (finite: float32-safe after clipping)
 SCORE_MAX = 1e3
 # OD of a uint8 channel value against white 255 (the +1 keeps log finite), as a lookup table.
@@ -128,24 +136,31 @@ def tile_statistics(tiles: np.ndarray, params: dict | None = None) -> dict[str, 
                                            *(float(v) for v in p["hue_range_deg"]), float(p["off_plane_deg"]),
                                            float(p["haematoxylin_deg"]), float(p["dark_max_rgb"])))
     n, h, w, _ = tiles.shape
-    q = tiles >> 1
-    index = (q[..., 0].astype(np.int32) << 14) | (q[..., 1].astype(np.int32) << 7) | q[..., 2]
-    code = code_table[index]
-    counts = np.bincount((np.arange(n, dtype=np.int32)[:, None, None] * 16 + code).ravel(),
-                         minlength=16 * n).reshape(n, 16).astype(np.float64)
-    bit = np.arange(16)
-    stained = counts[:, (bit & 1) > 0].sum(axis=1)
+    sums = np.empty((n, 4), np.int64)
+    starts = np.arange(0, h * w, _SEGMENT_PX)  # packed sums per segment of < 65,536 pixels: no field overflows
+    fine_e, coarse_e = np.empty(n), np.empty(n)
+    for i in range(0, n, _CHUNK):  # a few tiles at a time: the intermediates stay in cache
+        chunk = tiles[i:i + _CHUNK]
+        index = (chunk[..., 0] >> 1).astype(np.int32)
+        index <<= 7
+        index |= chunk[..., 1] >> 1
+        index <<= 7
+        index |= chunk[..., 2] >> 1
+        code = code_table[index]
+        segments = np.add.reduceat(_PACKED[code].reshape(len(chunk), -1), starts, axis=1)
+        sums[i:i + len(chunk)] = _unpack(segments).sum(axis=1)
+        fine = _block_mean(od_table[index], 4)
+        fine_e[i:i + len(chunk)] = _laplacian_energy(fine)
+        coarse_e[i:i + len(chunk)] = _laplacian_energy(_block_mean(fine, 2))
+    stained, off, counter, dark = (sums[:, k].astype(np.float64) for k in range(4))
     per_stained = np.maximum(stained, 1.0)
-    grey = od_table[index]
-    fine = _block_mean(grey, 4)
-    coarse = _block_mean(fine, 2)
-    return {
-        "stained": stained / (h * w),
-        "off_plane": counts[:, (bit & 3) == 3].sum(axis=1) / per_stained,
-        "counterstain": counts[:, (bit & 7) == 1].sum(axis=1) / per_stained,
-        "sharpness": _laplacian_energy(fine) / np.maximum(_laplacian_energy(coarse), 1e-9),
-        "dark": counts[:, (bit & 8) > 0].sum(axis=1) / (h * w),
-    }
+    return {"stained": stained / (h * w), "off_plane": off / per_stained, "counterstain": counter / per_stained,
+            "sharpness": fine_e / np.maximum(coarse_e, 1e-9), "dark": dark / (h * w)}
+
+
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    """Sums of :data:`_PACKED` -> counts in a new last axis of 4: stained, outside the region, counterstain, dark."""
+    return np.stack([(packed >> (16 * k)) & 0xFFFF for k in range(4)], axis=-1)
 
 
 def check_ratios(stats: dict[str, np.ndarray], params: dict) -> np.ndarray:
