@@ -48,6 +48,10 @@ CHECKS = {
     "dark": ("dark", "max_dark_fraction", "max"),
 }
 _CHUNK = 8
+# Every second pixel in each direction, at a quarter of the cost: the pixel fractions move by at most 0.02 on the
+# 885 real calibration tiles; the sharpness ratio (of 4 and 8 px block means of the sampled pixels) is another
+# number than on all pixels, and its threshold was calibrated on this sampling.
+_STRIDE = 2
 # Pixel class code (bits: 1 stained, 2 outside the H&E colour region, 4 haematoxylin alone, 8 dark) -> four
 # 16-bit counters packed in one int64 (stained | stained & outside | stained, inside, not haematoxylin alone | dark),
 # so one sum counts all four (over segments of fewer than 65,536 pixels: a 224 px tile is one segment).
@@ -127,8 +131,8 @@ def _colour_tables(key: tuple) -> tuple[np.ndarray, np.ndarray]:
 def tile_statistics(tiles: np.ndarray, params: dict | None = None) -> dict[str, np.ndarray]:
     """The five statistics (float64 arrays of length N) of ``(N, H, W, 3)`` uint8 RGB tiles; see the module.
 
-    Pixels are classified through a table of every colour at 7 bits per channel (OD error <= 0.004): one
-    lookup per pixel, so the check costs a fraction of the model's time.
+    Every second pixel in each direction is classified through a table of every colour at 7 bits per channel (OD
+    error <= 0.004): one lookup per pixel, so the check costs a fraction of the model's time.
     """
     _check_tiles(tiles)
     p = default_params() if params is None else params
@@ -137,10 +141,11 @@ def tile_statistics(tiles: np.ndarray, params: dict | None = None) -> dict[str, 
                                            float(p["haematoxylin_deg"]), float(p["dark_max_rgb"])))
     n, h, w, _ = tiles.shape
     sums = np.empty((n, 4), np.int64)
-    starts = np.arange(0, h * w, _SEGMENT_PX)  # packed sums per segment of < 65,536 pixels: no field overflows
+    n_px = len(range(0, h, _STRIDE)) * len(range(0, w, _STRIDE))  # pixels sampled per tile
+    starts = np.arange(0, n_px, _SEGMENT_PX)  # packed sums per segment of < 65,536 pixels: no field overflows
     fine_e, coarse_e = np.empty(n), np.empty(n)
     for i in range(0, n, _CHUNK):  # a few tiles at a time: the intermediates stay in cache
-        chunk = tiles[i:i + _CHUNK]
+        chunk = tiles[i:i + _CHUNK, ::_STRIDE, ::_STRIDE]
         index = (chunk[..., 0] >> 1).astype(np.int32)
         index <<= 7
         index |= chunk[..., 1] >> 1
@@ -149,13 +154,13 @@ def tile_statistics(tiles: np.ndarray, params: dict | None = None) -> dict[str, 
         code = code_table[index]
         segments = np.add.reduceat(_PACKED[code].reshape(len(chunk), -1), starts, axis=1)
         sums[i:i + len(chunk)] = _unpack(segments).sum(axis=1)
-        fine = _block_mean(od_table[index], 4)
+        fine = _block_mean(od_table[index], 4 // _STRIDE)
         fine_e[i:i + len(chunk)] = _laplacian_energy(fine)
         coarse_e[i:i + len(chunk)] = _laplacian_energy(_block_mean(fine, 2))
     stained, off, counter, dark = (sums[:, k].astype(np.float64) for k in range(4))
     per_stained = np.maximum(stained, 1.0)
-    return {"stained": stained / (h * w), "off_plane": off / per_stained, "counterstain": counter / per_stained,
-            "sharpness": fine_e / np.maximum(coarse_e, 1e-9), "dark": dark / (h * w)}
+    return {"stained": stained / n_px, "off_plane": off / per_stained, "counterstain": counter / per_stained,
+            "sharpness": fine_e / np.maximum(coarse_e, 1e-9), "dark": dark / n_px}
 
 
 def _unpack(packed: np.ndarray) -> np.ndarray:
