@@ -86,7 +86,7 @@ def plane_axes(plane_normal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _check_tiles(tiles: np.ndarray) -> None:
     if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 RGB tiles, got {tiles.shape} {tiles.dtype}")
-    if min(tiles.shape[1:3]) < 16:
+    if min(tiles.shape[1:3]) < 32:
         raise ValueError(f"tiles of {tiles.shape[1]}x{tiles.shape[2]} px are too small for the sharpness check")
 
 
