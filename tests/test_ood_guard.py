@@ -1,9 +1,13 @@
-"""The shipped model's out-of-distribution guard (issue 12): tiles that are not H&E tissue must score above its
-threshold (OOD > 1) on >= 95 % of tiles, real H&E from slides no model was trained on below it on >= 90 %.
+"""The workflow's out-of-distribution guard (issue 12): the OOD score score-tiles writes per tile, the larger of the
+shipped model's feature distance and the H&E tile check (pipeline/he/tile_check.py), must exceed 1 on >= 95 % of
+tiles that are not H&E tissue, and stay below it on >= 90 % of real H&E from slides no model was trained on.
 
-The second holds for triage-smallcnn-v1; the first does not yet (measured: IHC 13 %, photographs 30 %, pen 75 %,
-blur 60 %, fluorescence 75 %, glass 0 %; docs/model_selection.md), so it is an expected failure, strict: the day a
-model passes it, the marker must go."""
+The second holds (0 of 36 tiles over). The first does not yet, so it is an expected failure, strict: the day it
+passes, the marker must go. Measured (tests/measure_ood.py; model alone -> with the tile check): IHC 13 -> 50 %,
+photographs 30 -> 100 %, pen 75 -> 75 %, glass 0 -> 100 %, blur 60 -> 100 %, fluorescence 75 -> 100 %; all 210
+tiles 27 -> 72 %. What stays under: DAB-positive IHC tiles whose brown is a minority of the stained pixels (the
+colour threshold sits above the oddest real H&E colours: TCIA osteosarcoma, oral photographs), and red / green
+ink that lies inside the H&E colour region (docs/model_selection.md)."""
 
 import numpy as np
 import ood_tiles as tiles
@@ -22,9 +26,12 @@ def shipped():
 
 
 def _over(model, batch: np.ndarray) -> float:
+    """Share of tiles whose OOD score, as score-tiles computes it (config tile_check defaults), is over 1."""
+    from pipeline.he.tile_check import tile_check_scores
+
     with torch.no_grad():
         _, ood = model.score(torch.from_numpy(np.ascontiguousarray(batch)))
-    return float((ood > 1.0).float().mean())
+    return float((np.maximum(ood.numpy(), tile_check_scores(batch)) > 1.0).mean())
 
 
 def test_real_he_from_unseen_slides_stays_in_distribution(shipped, shared_data):
@@ -40,7 +47,8 @@ def test_real_he_from_unseen_slides_stays_in_distribution(shipped, shared_data):
     assert _over(model, batch) <= 0.10
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 open: no model's OOD guard fires on >= 95 % of non-H&E tiles")
+@pytest.mark.xfail(strict=True, reason="issue 12 open: the OOD guard (model + H&E tile check) fires on 72 % of "
+                                        "non-H&E tiles, not >= 95 %")
 def test_non_he_tiles_are_out_of_distribution(shipped, shared_data):
     require_sample_cohort()
     model, card = shipped

@@ -67,8 +67,11 @@ def test_score_tiles_cli_on_generated_slide(gen_slide, model_dir, tmp_path):
                       "--out", out, "--threads", "2", "--batch-size", "16", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     cols, meta = read_scores(out)
-    assert list(cols) == ["x", "y", "prob_carcinoma", "prob_sarcoma", "prob_non_tumour", "ood_score"]
+    assert list(cols) == ["x", "y", "prob_carcinoma", "prob_sarcoma", "prob_non_tumour", "ood_model",
+                          "ood_tile_check", "ood_score"]
     assert cols["x"].dtype == np.int64 and cols["prob_sarcoma"].dtype == np.float32
+    assert np.array_equal(cols["ood_score"], np.maximum(cols["ood_model"], cols["ood_tile_check"]))
+    assert meta["tile_check"]["min_sharpness"] > 0  # the thresholds used travel with the scores
     assert len(cols["x"]) == 12
     total = cols["prob_carcinoma"] + cols["prob_sarcoma"] + cols["prob_non_tumour"]
     assert np.allclose(total, 1.0, atol=1e-5)
@@ -77,6 +80,20 @@ def test_score_tiles_cli_on_generated_slide(gen_slide, model_dir, tmp_path):
     assert meta["status"] == "ok" and meta["model_id"] == "test-model" and len(meta["weights_sha256"]) == 64
     assert meta["classes"] == ["carcinoma", "sarcoma", "non_tumour"] and meta["effective_mpp"] == 1.0
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_tile_check_disabled_leaves_the_model_distance(gen_slide, model_dir, tmp_path, capsys):
+    """config tile_check.enabled: false -> no ood_tile_check column, ood_score = ood_model; bad JSON is refused."""
+    write_tile_grid(tmp_path / "tiles.parquet", _grid(gen_slide))
+    args = ["--slide", gen_slide, "--tiles", tmp_path / "tiles.parquet", "--model", model_dir,
+            "--out", tmp_path / "scores.parquet", "--device", "cpu"]
+    rc, err = _score(capsys, *args, "--tile-check", '{"enabled": false}')
+    assert rc == 0, err
+    cols, meta = read_scores(tmp_path / "scores.parquet")
+    assert "ood_tile_check" not in cols and meta["tile_check"] is False
+    assert np.array_equal(cols["ood_score"], cols["ood_model"])
+    rc, err = _score(capsys, *args, "--tile-check", '{"min_sharpnes": 0.2}')
+    assert rc != 0 and "--tile-check" in err and "min_sharpness" in err
 
 
 def test_readers_and_precisions_agree(gen_slide, model_dir):
@@ -153,8 +170,8 @@ def test_opt_out_scores_without_ood_and_every_output_says_so(gen_slide, tmp_path
                      "--out", tmp_path / "scores.parquet", "--device", "cpu", "--allow-no-ood")
     assert rc == 0, err
     cols, meta = read_scores(tmp_path / "scores.parquet")
-    # no ood_score column: zeros would read as "in distribution"
-    assert list(cols) == ["x", "y", "prob_carcinoma", "prob_sarcoma", "prob_non_tumour"]
+    # no ood_score column: zeros would read as "in distribution" (the tile check alone is kept, for reading)
+    assert list(cols) == ["x", "y", "prob_carcinoma", "prob_sarcoma", "prob_non_tumour", "ood_tile_check"]
     assert len(cols["x"]) == 12 and meta["status"] == "ok" and meta["ood_check"] is False
 
     (tmp_path / "qc.json").write_text('{"status": "ok", "reasons": [], "metrics": {"tissue_area_mm2": 0.6}}')

@@ -43,8 +43,9 @@ def fake_scores(path: Path, tiles: Path, seed: int = 0, carcinoma: bool = True) 
     logits = rng.normal(size=(n, 3))
     logits[:, 0 if carcinoma else 1] += 3.0
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    model, check = rng.uniform(0, 0.9, n), rng.uniform(0, 1.2, n)  # a few tiles fail the H&E tile check
     columns = {"x": grid.x, "y": grid.y, **{f"prob_{c}": p[:, i] for i, c in enumerate(CLASSES)},
-               "ood_score": rng.uniform(0, 0.9, n)}
+               "ood_model": model, "ood_tile_check": check, "ood_score": np.maximum(model, check)}
     scoring.write_scores(path, columns, meta)
 
 
@@ -163,6 +164,10 @@ def test_he_slide_call_is_made_here_from_the_scores(cohort):
         assert s["slide_call"][key] == expected[key], key
     assert s["slide_call"]["call"] == "carcinoma"
     assert s["provenance"]["model"]["model_id"] == "test-model"
+    # the OOD score's two components: which one made tiles unlike the training data
+    assert s["scores"]["ood_over_1"] == {"model": 0.0,
+                                         "tile_check": round(float((columns["ood_tile_check"] > 1).mean()), 4)}
+    assert s["slide_call"]["ood_fraction"] == pytest.approx(s["scores"]["ood_over_1"]["tile_check"], abs=1e-4)
     # top tiles: level-0 coordinates of real tiles, best first
     top = s["top_tiles"]["carcinoma"]["tiles"]
     grid = {(int(x), int(y)) for x, y in zip(columns["x"], columns["y"], strict=True)}

@@ -110,7 +110,7 @@ def measure_scoring(path: Path, grid, model_dir: Path, *, threads: int, batch_si
     """score_tiles (as the score-tiles verb runs it) against the compute bound, interleaved, best of each."""
     import torch
 
-    from pipeline.he.scoring import pick_precision, score_tiles
+    from pipeline.he.scoring import pick_precision, score_tiles, tile_check_params
 
     torch.set_num_threads(threads)
     model, card = load_model_as(model_dir, device, channels_last=True)
@@ -120,7 +120,7 @@ def measure_scoring(path: Path, grid, model_dir: Path, *, threads: int, batch_si
 
     def ours():
         _, m = score_tiles(path, grid, model, card, batch_size=batch_size, threads=threads, device=device,
-                           precision=precision)
+                           precision=precision, tile_check=tile_check_params(None))
         meta.update(m)
 
     warm = min(n, batch_size)

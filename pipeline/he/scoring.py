@@ -4,13 +4,15 @@ Tiles are read at the model card's um/px by :mod:`pipeline.he.tile_readers` (rea
 processes, reading ahead of inference where a core is free). The main thread runs batched inference under
 ``torch.inference_mode`` (channels_last; bfloat16 autocast on CPU where the card allows it; CUDA with AMP
 when present). Public: :func:`score_tiles`, :func:`write_scores` / :func:`read_scores`, and the verb.
-Output: ``scores.parquet`` with level-0 ``x``, ``y`` (int64), ``prob_<class>`` and ``ood_score`` (float32),
-in grid order, and the run's metadata in the schema metadata (key ``slide_triage``).
+Output: ``scores.parquet`` with level-0 ``x``, ``y`` (int64), ``prob_<class>``, ``ood_model``, ``ood_tile_check``
+and ``ood_score`` = the larger of the two (float32), in grid order, and the run's metadata in the schema metadata
+(key ``slide_triage``; ``tile_check`` holds the check's thresholds, or false when config ``tile_check.enabled``
+is false: then there is no ``ood_tile_check`` and ``ood_score`` is ``ood_model``).
 
 A failed or empty grid, or a slide whose pixels cannot be decoded, gives an empty table with status and
 reason (exit 0): one bad slide never stops the cohort. A grid at another scale than the model's is refused.
 So is a model without out-of-distribution statistics, unless ``--allow-no-ood`` (config
-``slide_call.require_ood: false``): then the table has no ``ood_score`` column and its metadata says
+``slide_call.require_ood: false``): then the table has no ``ood_score`` (nor ``ood_model``) column and its metadata says
 ``ood_check: false``, so no later stage can mistake "never checked" for "in distribution".
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ModelError, SlideError
+from pipeline.he.tile_check import tile_check_scores
 from pipeline.he.tile_readers import ThreadTileReader, iter_batches_processes, reader_plan
 from pipeline.tables import read_columns, write_table
 
@@ -87,13 +90,16 @@ def check_grid_scale(grid_meta: dict, card: dict, tiles_path) -> None:
 
 def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None, batch_size: int = 64,
                 threads: int = 2, device: str = "cpu", precision: str = "auto", reader: str = "threads",
-                readers: int | None = None, prefetch: int | None = None,
+                readers: int | None = None, prefetch: int | None = None, tile_check: dict | None = None,
                 progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Score every tile of ``grid`` (a :class:`pipeline.slides.tiling.TileGrid`) on the slide at ``slide_path``.
 
     ``model`` is a :class:`pipeline.he.models.TileClassifier` already on ``device``. Returns ``(columns, meta)``:
-    columns ``x``, ``y`` (int64 level-0), ``prob_<class>`` and ``ood_score`` (float32) in grid order; meta
-    has the model, scale, precision and speed. Raises :class:`SlideError` if pixels cannot be read.
+    columns ``x``, ``y`` (int64 level-0), ``prob_<class>``, ``ood_model`` (the model's feature distance) and
+    ``ood_score`` (float32) in grid order; meta has the model, scale, precision and speed. With ``tile_check``
+    (the config's ``tile_check`` section, enabled) each tile also gets ``ood_tile_check``
+    (:func:`pipeline.he.tile_check.tile_check_scores`) and ``ood_score`` is the larger of the two; otherwise
+    ``ood_score`` is ``ood_model``. Raises :class:`SlideError` if pixels cannot be read.
 
     ``readers`` and ``prefetch`` default to :func:`reader_plan` (overlap reading with inference when a core
     is free for it or inference runs on a GPU; otherwise read each batch on all cores, then infer).
@@ -108,6 +114,7 @@ def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None
     readers, prefetch = reader_plan(device, threads, readers, prefetch)
     probs = np.empty((n, len(card["classes"])), np.float32)
     ood = np.empty(n, np.float32)
+    checked = np.empty(n, np.float32) if tile_check else None
     x, y = np.asarray(grid.x, np.int64), np.asarray(grid.y, np.int64)
     if reader == "threads":
         alloc = None
@@ -130,6 +137,8 @@ def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None
                 if device != "cpu":
                     t = (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
                 p, o = model.score(t)
+                if checked is not None:  # numpy on the uint8 tiles while the device works
+                    checked[done:done + len(batch)] = tile_check_scores(np.asarray(batch), tile_check)
                 probs[done:done + len(batch)] = p.float().cpu().numpy()
                 ood[done:done + len(batch)] = o.float().cpu().numpy()
                 done += len(batch)
@@ -141,7 +150,10 @@ def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None
     seconds = time.perf_counter() - start
     columns = {"x": x, "y": y}
     columns.update({f"prob_{c}": probs[:, i] for i, c in enumerate(card["classes"])})
-    columns["ood_score"] = ood
+    columns["ood_model"] = ood
+    if checked is not None:
+        columns["ood_tile_check"] = checked
+    columns["ood_score"] = ood if checked is None else np.maximum(ood, checked)
     meta = {
         "device": device, "precision": precision, "threads": threads, "readers": readers, "reader": reader,
         "prefetch": prefetch,
@@ -150,12 +162,31 @@ def score_tiles(slide_path, grid, model, card: dict, *, mpp: float | None = None
     return columns, meta
 
 
-def empty_columns(classes, ood: bool = True) -> dict[str, np.ndarray]:
+def empty_columns(classes, ood: bool = True, tile_check: bool = True) -> dict[str, np.ndarray]:
     columns = {"x": np.zeros(0, np.int64), "y": np.zeros(0, np.int64)}
     columns.update({f"prob_{c}": np.zeros(0, np.float32) for c in classes})
-    if ood:
-        columns["ood_score"] = np.zeros(0, np.float32)
+    names = (["ood_model"] if ood else []) + (["ood_tile_check"] if tile_check else []) + (["ood_score"] if ood else [])
+    columns.update({name: np.zeros(0, np.float32) for name in names})
     return columns
+
+
+def tile_check_params(text: str | None) -> dict | None:
+    """``--tile-check`` (the config's ``tile_check`` section as JSON; none: the calibrated defaults) -> the
+    parameters, or None when ``enabled`` is false."""
+    import json
+
+    from pipeline.he.tile_check import default_params
+
+    params = default_params()
+    if text:
+        try:
+            given = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"--tile-check: not JSON ({exc.msg}); pass the config's tile_check section") from None
+        if not isinstance(given, dict) or set(given) - set(params):
+            raise ModelError(f"--tile-check: expected an object with keys among {', '.join(params)}, got {text[:80]}")
+        params.update(given)
+    return params if params["enabled"] else None
 
 
 def write_scores(path, columns: dict[str, np.ndarray], meta: dict) -> None:
@@ -174,7 +205,10 @@ def read_scores(path) -> tuple[dict[str, np.ndarray], dict]:
 def model_meta(card: dict) -> dict:
     return {"model_id": card["model_id"], "weights_sha256": card["weights"]["sha256"],
             "architecture": card["architecture"], "classes": list(card["classes"]), "tile_px": card["tile_px"],
-            "target_mpp": card["mpp"], "ood_score": "> 1 = unlike the training data (see the model card)"}
+            "target_mpp": card["mpp"],
+            "ood_score": "> 1 = unlike the training data: the larger of ood_model (the model's feature distance, see "
+                         "the model card) and ood_tile_check (not H&E tissue by stain and image statistics, config "
+                         "tile_check; absent when disabled)"}
 
 
 def check_ood_statistics(model, card: dict, model_dir, allow_missing: bool) -> bool:
@@ -216,6 +250,9 @@ def configure_parser(parser) -> None:
     parser.add_argument("--prefetch", type=int, default=None,
                         help="batches read ahead of inference (0: read each batch on all readers, then infer; "
                              "default: see --readers)")
+    parser.add_argument("--tile-check", default=None, metavar="JSON",
+                        help="the config's tile_check section as JSON (default: the calibrated thresholds of the "
+                             "config schema; {\"enabled\": false} scores with the model's OOD distance alone)")
     parser.add_argument("--allow-no-ood", action="store_true",
                         help="score with a model that has no out-of-distribution statistics (no OOD check: no "
                              "ood_score column); the workflow passes it only when slide_call.require_ood is false")
@@ -233,6 +270,7 @@ def run(args) -> None:
     device = pick_device(args.device)
     model, card = load_model(args.model, device)
     ood_check = check_ood_statistics(model, card, args.model, args.allow_no_ood)
+    tile_check = tile_check_params(args.tile_check)
     model = model.to(memory_format=torch.channels_last)
     try:
         grid = read_tile_grid(args.tiles)
@@ -240,7 +278,8 @@ def run(args) -> None:
         raise SlideError(f"{args.tiles}: cannot read the tile grid ({exc}); re-run tile-slide") from exc
     meta = {"scores_version": SCORES_VERSION, "slide_id": grid.meta.get("slide_id", Path(args.slide).stem),
             **model_meta(card), "effective_mpp": grid.meta.get("effective_mpp"), "level": grid.meta.get("level"),
-            "n_tiles": len(grid.x), "status": "ok", "reason": "", "ood_check": ood_check}
+            "n_tiles": len(grid.x), "status": "ok", "reason": "", "ood_check": ood_check,
+            "tile_check": tile_check or False}
     if not ood_check:
         meta["ood_score"] = "none: the model has no out-of-distribution statistics (slide_call.require_ood: false)"
     status = grid.meta.get("status", "ok")
@@ -250,23 +289,23 @@ def run(args) -> None:
         meta.update(status="empty", reason=grid.meta.get("reason") or "the tile grid has no tiles")
     if meta["status"] != "ok":
         log.warning("%s: %s; writing an empty score table", meta["slide_id"], meta["reason"])
-        write_scores(args.out, empty_columns(card["classes"], ood_check), meta)
+        write_scores(args.out, empty_columns(card["classes"], ood_check, tile_check is not None), meta)
         return
     check_grid_scale(grid.meta, card, args.tiles)
     try:
         columns, run_meta = score_tiles(args.slide, grid, model, card, mpp=args.mpp, batch_size=args.batch_size,
                                         threads=args.threads, device=device, precision=args.precision,
                                         reader=args.reader, readers=args.readers, prefetch=args.prefetch,
-                                        progress=sys.stderr.isatty())
+                                        tile_check=tile_check, progress=sys.stderr.isatty())
     except SlideError as exc:
         log.error("%s", exc)
         from pipeline.redact import redact
 
         meta.update(status="failed", reason=redact(str(exc), args.slide), n_tiles=0)
-        write_scores(args.out, empty_columns(card["classes"], ood_check), meta)
+        write_scores(args.out, empty_columns(card["classes"], ood_check, tile_check is not None), meta)
         return
     if not ood_check:
-        del columns["ood_score"]  # zeros would read as "in distribution"
+        del columns["ood_score"], columns["ood_model"]  # zeros would read as "in distribution"
     meta.update(run_meta)
     write_scores(args.out, columns, meta)
     log.info("%s: %d tiles scored in %.1f s (%.0f tiles/s, %s, %s, %d threads)", meta["slide_id"], len(grid.x),

@@ -75,11 +75,12 @@ def tile_feature(slide_id: str, x: int, y: int, size0: float, measurements: dict
 
 
 def he_tile_features(slide_id: str, columns: dict, size0: float, tissue_fraction: dict | None = None) -> list[dict]:
-    """One tile feature per scored tile: arg-max class, every ``prob_*`` and ``ood_score`` as measurements."""
+    """One tile feature per scored tile: arg-max class, every ``prob_*``, ``ood_score`` and its two components
+    (``ood_model``, ``ood_tile_check``, where present) as measurements."""
     prob_names = [c for c in columns if c.startswith("prob_")]
     classes = [c[len("prob_"):] for c in prob_names]
     probs = np.stack([np.asarray(columns[c], np.float64) for c in prob_names], axis=1) if prob_names else None
-    extra = [c for c in ("ood_score",) if c in columns]
+    extra = [c for c in ("ood_score", "ood_model", "ood_tile_check") if c in columns]
     features = []
     for i, (x, y) in enumerate(zip(columns["x"], columns["y"], strict=True)):
         m = {c: columns[c][i] for c in prob_names + extra}

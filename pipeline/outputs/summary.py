@@ -105,6 +105,10 @@ def he_section(scores: tuple[dict, dict] | None, qc: dict, tiles: dict, params: 
     status = meta.get("status", "ok")
     record = {"status": status, "reason": _one_line(meta.get("reason", "")), "n_tiles": int(len(columns.get("x", []))),
               "has_ood_score": "ood_score" in columns and meta.get("ood_check", True) is not False}
+    parts = {name: col for name, col in (("model", "ood_model"), ("tile_check", "ood_tile_check")) if col in columns}
+    if parts and record["n_tiles"]:  # which component made tiles unlike the training data (ood_score = their max)
+        record["ood_over_1"] = {name: round(float((np.asarray(columns[col]) > 1.0).mean()), 4)
+                                for name, col in parts.items()}
     if failure is None and status == "failed":
         failure = f"scoring failed: {record['reason']}"
     if failure is not None:

@@ -38,6 +38,8 @@ rule score_tiles:
         model=lambda wildcards, input: os.path.dirname(input.model[0]),
         # a model without OOD statistics is refused unless the config opts out (slide_call.require_ood: false)
         ood="" if config["slide_call"]["require_ood"] else "--allow-no-ood",
+        # the H&E tile check's thresholds (pipeline/he/tile_check.py); a change re-scores the slides
+        tile_check=json.dumps(config["tile_check"], sort_keys=True),
     wildcard_constraints:
         slide=HE_PATTERN,
     log:
@@ -55,4 +57,4 @@ rule score_tiles:
     shell:
         "{params.pipeline} score-tiles --slide {input.slide:q} {params.mpp} --tiles {input.tiles:q}"
         " --model {params.model:q} --out {output.scores:q} --threads {threads} --batch-size 64 --device auto"
-        " {params.ood} 2> {log:q}"
+        " --tile-check {params.tile_check:q} {params.ood} 2> {log:q}"
