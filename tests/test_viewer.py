@@ -2,7 +2,9 @@
 case view works in a real headless browser (Debian chromium) with OpenSeadragon.
 
 The server runs in a thread of this process on a free port, over the mini cohort of test_summary (two openable
-slides and a broken one) whose results/config.yaml names a sample sheet, as a workflow run records it.
+slides and a broken one) whose results/config.yaml names a sample sheet, as a workflow run records it. Its IHC slide
+S2 gets a registration.json onto S1 (:data:`REGISTRATION`: mirrored, then turned 90 degrees) and is quantified again
+in the registered tumour region, as the workflow does for an IHC slide with an H&E slide in its case.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_browser import CHROMIUM
-from test_summary import MARKERS, SLIDES, make_mini_cohort
+from test_summary import CONFIG, MARKERS, SLIDES, cohort_verbs, make_mini_cohort, output_verbs
 
 from conftest import ROOT, require_sample_cohort
+from pipeline.__main__ import main
 from pipeline.synth.tiff_writer import FAKE_IDENTIFIERS
 from pipeline.viewer.server import make_server, osd_dir, serve_in_thread
 
@@ -28,6 +32,14 @@ SCREENSHOT = ROOT / "docs" / "viewer_screenshot.png"
 FILES = {"S1": "he_slide.svs", "S2": "ihc_slide.svs", "S3": "broken_slide.svs"}  # test_summary.make_slides
 SLIDE_JSON_KEYS = {"width_px", "height_px", "mpp", "level_count", "level_dimensions", "dz_levels", "dz_tile_px",
                    "dz_overlap_px"}
+# S2 (1792 x 1344 px) onto S1 (3072 x 2304 px): x mirrored, then turned 90 degrees clockwise (y down), shifted:
+# x_he = -y_ihc + 2000, y_he = -x_ihc + 2100; the IHC slide lands inside the H&E slide.
+MATRIX = [[0.0, -1.0, 2000.0], [-1.0, 0.0, 2100.0], [0.0, 0.0, 1.0]]
+REGISTRATION = {
+    "version": 1, "he_slide_id": "S1", "ihc_slide_id": "S2", "status": "ok", "reason": None,
+    "transform": {"matrix_level0_px": MATRIX, "rotation_deg": 90.0, "flip": True, "scale": 1.0},
+    "quality": {"score": 0.93, "residual_median_um": 0.4, "residual_p95_um": 0.8}, "timings_s": {"total": 1.0}}
+PAN_HE = (1200.0, 900.0)  # where the browser test moves the H&E viewer: S2's (1200, 800)
 TILE = re.compile(r"/dz/(?P<id>[\w-]+)_files/(?P<level>\d+)/(?P<col>\d+)_(?P<row>\d+)\.jpeg")
 
 
@@ -36,12 +48,32 @@ def _sheet(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
     return path
 
 
+def register_s2(results: Path, slides: Path) -> None:
+    """S2's registration.json onto S1; S2 quantified again in the registered tumour region, then its outputs."""
+    import yaml
+
+    d, he = results / "slides" / "S2", results / "slides" / "S1"
+    (d / "registration.json").write_text(json.dumps(REGISTRATION))
+    config = yaml.safe_load(Path(CONFIG).read_text())
+    config["ihc"]["tumour_region"]["min_tiles"] = 1  # the mini IHC slide has 2 tiles in all
+    (slides / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["quantify-ihc", "--slide", str(slides / FILES["S2"]), "--slide-id", "S2", "--marker", "CK_AE1AE3",
+                 "--tiles", str(d / "tiles.parquet"), "--qc", str(d / "qc.json"), "--config",
+                 str(slides / "config.yaml"), "--markers",
+                 MARKERS, "--registration", str(d / "registration.json"), "--he-tiles", str(he / "tiles.parquet"),
+                 "--he-scores", str(he / "scores.parquet"), "--out-tiles", str(d / "ihc.parquet"),
+                 "--out", str(d / "ihc.json")]) == 0
+    output_verbs(slides / FILES["S2"], "S2", "C1", "CK_AE1AE3", results)
+    cohort_verbs(results)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("SLIDE_TRIAGE_GIT_COMMIT", "0" * 40)
     root = tmp_path_factory.mktemp("mini_viewer")
     results = make_mini_cohort(root)
+    register_s2(results, root / "slides")
     mp.undo()
     _sheet(root / "samples.tsv", [(case, sid, f"slides/{FILES[sid]}", stain) for sid, (case, stain) in SLIDES.items()])
     (results / "config.yaml").write_text(json.dumps({"results": "results", "samples": "samples.tsv",
@@ -90,6 +122,77 @@ def test_pages_json_and_tiles(server):
     assert status == 200 and head == b""
 
 
+REGISTRATION_KEYS = {"status", "reason", "he_slide_id", "matrix_level0_px", "rotation_deg", "flip", "scale", "score",
+                     "residual_median_um", "residual_p95_um"}
+
+
+def test_slide_json_carries_the_registration_and_the_tumour_region(server):
+    info = json.loads(request(server, "/api/slide/S2.json")[2])
+    reg = info["registration"]
+    assert set(reg) == REGISTRATION_KEYS and reg["matrix_level0_px"] == MATRIX and reg["status"] == "ok"
+    assert (reg["he_slide_id"], reg["rotation_deg"], reg["flip"], reg["score"], reg["residual_p95_um"]) == \
+        ("S1", 90.0, True, 0.93, 0.8)
+    overlays = info["overlays"]
+    region = overlays["tiles"]["in_region"]
+    summary = json.loads((server.app.cohort.results / "slides" / "S2" / "summary.json").read_text())
+    assert overlays["region"]["restricted"] is True and "registered onto this slide" in overlays["region"]["reason"]
+    assert len(region) == len(overlays["tiles"]["box"]) and 1 in region and set(region) <= {0, 1}
+    assert sum(v == 1 for v in region) == summary["ihc"]["region"]["tiles"]
+    assert json.loads(request(server, "/api/slide/S1.json")[2])["registration"] is None
+    page = request(server, "/case/C1")[2].decode()
+    assert 'data-sync="registered"' in page and "registered onto S1: score 0.93, residual 0.8" in page
+    assert 'data-overlay="region"' in page and "tumour region (registered from H&amp;E)" in page
+    assert "registered onto" not in request(server, "/slide/S2")[2].decode()  # only a case view synchronises
+
+
+def test_a_failed_or_missing_registration_is_said_and_not_used(server):
+    path = server.app.cohort.results / "slides" / "S2" / "registration.json"
+    kept = path.read_text()
+    try:
+        path.write_text(json.dumps({**REGISTRATION, "status": "failed", "reason": "too few patches (3 < 8)",
+                                    "transform": None, "rejected_transform": REGISTRATION["transform"]}))
+        reg = json.loads(request(server, "/api/slide/S2.json")[2])["registration"]
+        assert reg["status"] == "failed" and reg["matrix_level0_px"] is None and reg["rotation_deg"] is None
+        page = request(server, "/case/C1")[2].decode()
+        assert 'data-sync="relative"' in page and "not registered: too few patches (3 &lt; 8)" in page
+        path.unlink()  # (the page without it: test_case_view_without_registration_follows_by_relative_position)
+        assert json.loads(request(server, "/api/slide/S2.json")[2])["registration"] is None
+    finally:
+        path.write_text(kept)
+
+
+def test_without_a_tumour_region_the_overlay_is_absent_and_the_reason_shown():
+    from pipeline.viewer.pages import region_line, slide_panel
+
+    ihc = {"region": {"restricted_to_tumour": False, "reason": "no H&E slide in this case"}}
+    panel = slide_panel("X2", {"stain": "ER"}, {"status": "ok", "kind": "IHC", "stain": "ER", "ihc": ihc}, None)
+    assert 'data-overlay="region"' not in panel and "No tumour region to show: no H&amp;E slide in this case" in panel
+    assert region_line({"ihc": {"region": {"restricted_to_tumour": True}}}) == ""
+
+
+def test_sample_cohort_slide_json_carries_each_registration():
+    """Over the demo's results/ (skipped when absent): every registered IHC slide's matrix as registration.json
+    has it, and the tumour-region overlay's tiles as the slide's summary counts them."""
+    from pipeline.viewer.data import Cohort, slide_json
+
+    results = ROOT / "results"
+    if not (results / "config.yaml").is_file() or not list(results.glob("slides/*/registration.json")):
+        pytest.skip("no demo run in results/ (make demo)")
+    cohort, checked = Cohort(results), 0
+    for path in sorted(results.glob("slides/*/registration.json")):
+        record, info = json.loads(path.read_text()), slide_json(cohort, path.parent.name)
+        reg = info["registration"]
+        if record["status"] != "ok":
+            continue
+        assert reg["matrix_level0_px"] == record["transform"]["matrix_level0_px"], path.parent.name
+        assert reg["rotation_deg"] == record["transform"]["rotation_deg"] and reg["flip"] == record["transform"]["flip"]
+        region = json.loads((path.parent / "summary.json").read_text())["ihc"]["region"]
+        if region.get("restricted_to_tumour"):
+            assert sum(v == 1 for v in info["overlays"]["tiles"]["in_region"]) == region["tiles"], path.parent.name
+        checked += 1
+    assert checked
+
+
 @pytest.mark.parametrize("path, expected", [
     ("/slides/../../etc/passwd", 404), ("/../../../etc/passwd", 404), ("/dz/..%2f..%2fetc%2fpasswd.dzi", 404),
     ("/dz/%2e%2e/%2e%2e/etc/passwd", 404), ("/static/../server.py", 404), ("/static/%2e%2e/server.py", 404),
@@ -131,7 +234,6 @@ def test_non_loopback_addresses_are_refused(server):
 
 def test_no_label_macro_or_identifying_property_is_served(tmp_path):
     """Over a sample slide that carries a fake label, macro and identifying properties (FAKE_IDENTIFIERS)."""
-    import numpy as np
     import openslide
 
     require_sample_cohort()
@@ -191,7 +293,7 @@ def chromium(url: str, user_dir: Path, *extra: str) -> subprocess.CompletedProce
 @needs_osd
 def test_case_view_in_chromium(server, tmp_path):
     server.requests.clear()
-    url = f"{server.url}case/C1?selftest=1"
+    url = f"{server.url}case/C1?selftest=1&pan={PAN_HE[0]:g},{PAN_HE[1]:g}"
     proc = chromium(url, tmp_path / "profile", "--dump-dom")
     assert proc.returncode == 0, proc.stderr[-2000:]
     html = proc.stdout
@@ -202,8 +304,17 @@ def test_case_view_in_chromium(server, tmp_path):
     assert "H&amp;E: carcinoma" in html and "Case C1" in html  # the slide call beside the image
     # toggling an overlay (the tissue outline) changes the canvas
     assert attrs["selftest-hash-before"] != attrs["selftest-hash-after"]
-    # zooming and panning the H&E moves the IHC to the same place relative to the slide's size
-    assert attrs["selftest-sync-zoomed"] == "true" and float(attrs["selftest-sync-offset"]) < 0.01, root
+    # panning the H&E to PAN_HE centres the IHC on the registered point, turned and mirrored as registered, at
+    # the same um per screen pixel
+    views = {v.split(":")[0]: v.split(":")[1:] for v in attrs["selftest-sync-views"].split()}
+    he, ihc = views["S1"], views["S2"]
+    assert attrs["selftest-sync-zoomed"] == "true" and attrs["selftest-sync-offset"] == "none", root
+    assert ihc[0] == "registered" and _near(he[1], PAN_HE, 1.0), views
+    ihc_point = np.linalg.solve(np.array(MATRIX), [*PAN_HE, 1.0])[:2]  # the IHC point MATRIX maps onto PAN_HE
+    assert _near(ihc[1], ihc_point, 3.0), (views, ihc_point)
+    # the registration mirrors then turns 90 degrees; OpenSeadragon turns then mirrors: so -90 with the flip
+    assert float(ihc[2]) % 360 == (-REGISTRATION["transform"]["rotation_deg"]) % 360 and ihc[3] == "true", views
+    assert he[2:4] == ["0", "false"] and abs(float(ihc[4]) / float(he[4]) - 1) < 0.01, views
     assert "tissue outline" in attrs["selftest-legend"] and re.fullmatch(r"\d+ (µm|mm)", attrs["selftest-scalebar"])
     tiles = [(r["path"], TILE.fullmatch(r["path"])) for r in server.requests if r["path"].startswith("/dz/")]
     shown = {m["id"] for _, m in tiles if m}
@@ -222,6 +333,30 @@ def test_case_view_in_chromium(server, tmp_path):
         assert im.size == (1400, 1100)
     SCREENSHOT.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, SCREENSHOT)
+
+
+@pytest.mark.browser
+@needs_browser
+@needs_osd
+def test_case_view_without_registration_follows_by_relative_position(server, tmp_path):
+    path = server.app.cohort.results / "slides" / "S2" / "registration.json"
+    kept = path.read_text()
+    path.unlink()
+    try:
+        proc = chromium(f"{server.url}case/C1?selftest=1", tmp_path / "profile", "--dump-dom")
+    finally:
+        path.write_text(kept)
+    attrs = dict(re.findall(r'data-([\w-]+)="([^"]*)"', re.search(r"<html[^>]*>", proc.stdout).group(0)))
+    assert attrs.get("selftest-done") == "yes", attrs
+    # zooming and panning the H&E moves the IHC to the same place relative to the slide's size, unturned
+    assert attrs["selftest-sync-zoomed"] == "true" and float(attrs["selftest-sync-offset"]) < 0.01, attrs
+    views = {v.split(":")[0]: v.split(":")[1:] for v in attrs["selftest-sync-views"].split()}
+    assert views["S2"][0] == "relative" and views["S2"][2:4] == ["0", "false"], views
+    assert "not registered: no registration.json" in proc.stdout
+
+
+def _near(text: str, xy, tol_px: float) -> bool:
+    return max(abs(float(v) - w) for v, w in zip(text.split(","), xy, strict=True)) <= tol_px
 
 
 def test_without_openseadragon_the_page_says_how_to_install_it(server):
@@ -249,8 +384,6 @@ def test_tile_benchmark_runs_on_a_run(server):
 
 def test_both_readers_give_the_same_deep_zoom_tiles(server):
     """OpenSlide and the tifffile reader behind the same generator: same pyramid, same pixels (within JPEG noise)."""
-    import numpy as np
-
     from pipeline.slides.reader import open_slide
     from pipeline.viewer.deepzoom import TileCache, TileSource
 

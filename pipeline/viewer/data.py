@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # the GeoJSON export (QuPath's classes).
 COLORMAP_STOPS = COLORMAP[[round(i * 255 / 8) for i in range(9)]].tolist()
 CLASS_COLOURS = {**{c: FIGURE_COLOURS[c] for c in HE_CLASSES}, **IHC_COLOURS}
+REGION_COLOUR = [0, 150, 255]  # the registered tumour region's outline on IHC slides (not a class colour)
 
 
 def _workdir(results: Path, recorded: str | None) -> Path:
@@ -143,12 +144,16 @@ def _heat_range(measure: str, values: list) -> tuple[float, float]:
 
 def overlays(summary: dict | None, geojson: dict | None) -> dict:
     """The evidence to draw over a slide, in level-0 pixels: tiles (boxes, classes, heat measures), tissue
-    outline rings and top tiles; plus what the legend needs (measure ranges, class colours, IHC cut-off)."""
+    outline rings and top tiles; plus what the legend needs (measure ranges, class colours, IHC cut-off).
+
+    IHC slides also get ``tiles.in_region`` (each tile's ``in_tumour_region``: 1, 0, or null when the marker was not
+    read in a tumour region) and ``region`` (whether it was restricted to the registered tumour region, and why)."""
     summary, features = summary or {}, (geojson or {}).get("features", [])
     kind = summary.get("kind")
     result = ((summary.get("ihc") or {}).get("result")) or {}
+    region = ((summary.get("ihc") or {}).get("region")) or {}
     measures = [f"prob_{c}" for c in HE_CLASSES] if kind == "HE" else [result["metric"]] if result.get("metric") else []
-    tiles = {"box": [], "cls": [], **{m: [] for m in measures}}
+    tiles = {"box": [], "cls": [], **{m: [] for m in measures}, **({"in_region": []} if kind == "IHC" else {})}
     tissue = []
     for f in features:
         props = f.get("properties") or {}
@@ -158,6 +163,8 @@ def overlays(summary: dict | None, geojson: dict | None) -> dict:
             values = props.get("measurements") or {}
             for m in measures:
                 tiles[m].append(values.get(m))
+            if kind == "IHC":
+                tiles["in_region"].append(values.get("in_tumour_region"))
         else:
             tissue += _rings(f.get("geometry") or {})
     size0 = float((summary.get("tiles") or {}).get("tile_size_level0_px") or 0)
@@ -167,11 +174,37 @@ def overlays(summary: dict | None, geojson: dict | None) -> dict:
     return {"kind": kind, "tiles": tiles, "tissue": tissue, "top": top,
             "measures": [{"key": m, "range": _heat_range(m, tiles[m])} for m in measures],
             "cutoff": {"metric": result.get("metric"), "value": result.get("cutoff")} if kind == "IHC" else None,
-            "colours": {"classes": CLASS_COLOURS, "tissue": TISSUE_COLOUR, "colormap": COLORMAP_STOPS}}
+            "region": {"restricted": bool(region.get("restricted_to_tumour")),
+                       "reason": region.get("reason") or "no tumour region recorded for this slide"}
+            if kind == "IHC" else None,
+            "colours": {"classes": CLASS_COLOURS, "tissue": TISSUE_COLOUR, "region": REGION_COLOUR,
+                        "colormap": COLORMAP_STOPS}}
+
+
+def registration(cohort: Cohort, slide_id: str) -> dict | None:
+    """An IHC slide's registration onto its case's H&E slide as the viewer uses it, or None when it has none.
+
+    Only what navigation and the page need: status and reason, the H&E slide's id, the 3x3 matrix that maps IHC
+    level-0 px to H&E level-0 px, rotation (degrees, clockwise on screen), flip (x mirrored before rotating), scale,
+    quality score and residual (um); no path, timing or machine. A status other than "ok", or an H&E slide that is
+    not in this run's sheet, leaves ``matrix_level0_px`` None."""
+    record = atomic.try_read_json(cohort.results / "slides" / slide_id / "registration.json")
+    if not isinstance(record, dict):
+        return None
+    transform, quality = record.get("transform") or {}, record.get("quality") or {}
+    he_id, status, reason = record.get("he_slide_id"), record.get("status"), record.get("reason")
+    if status == "ok" and (he_id not in cohort.slides or not transform.get("matrix_level0_px")):
+        status, reason = "unusable", "its H&E slide is not in this run's sample sheet or it has no transform"
+    usable = {k: transform.get(k) if status == "ok" else None
+              for k in ("matrix_level0_px", "rotation_deg", "flip", "scale")}
+    return {"status": status, "reason": reason, "he_slide_id": he_id if he_id in cohort.slides else None, **usable,
+            "score": quality.get("score"), "residual_median_um": quality.get("residual_median_um"),
+            "residual_p95_um": quality.get("residual_p95_um")}
 
 
 def slide_json(cohort: Cohort, slide_id: str) -> dict:
-    """The viewer's JSON for one slide: ids, stain, status, pyramid facts (no slide property) and overlays."""
+    """The viewer's JSON for one slide: ids, stain, status, pyramid facts (no slide property), overlays and, for an
+    IHC slide, its registration onto the case's H&E slide (:func:`registration`)."""
     row, summary = cohort.slides[slide_id], cohort.summary(slide_id)
     try:
         info, problem = cohort.source(slide_id).info(), None
@@ -179,4 +212,5 @@ def slide_json(cohort: Cohort, slide_id: str) -> dict:
         info, problem = None, str(exc)
     return {"slide_id": slide_id, "case_id": row["case_id"], "stain": row["stain"],
             "status": (summary or {}).get("status", "no result"), "slide": info, "problem": problem,
-            "overlays": overlays(summary, cohort.geojson(slide_id))}
+            "overlays": overlays(summary, cohort.geojson(slide_id)),
+            "registration": registration(cohort, slide_id) if row["stain"] != "HE" else None}

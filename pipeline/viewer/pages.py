@@ -19,8 +19,10 @@ HE_OVERLAYS = (("heat:prob_carcinoma", "P(carcinoma) heatmap", True),
 # IHC: the marker's metric per tile (heatmap) is added before these when the summary names it.
 IHC_OVERLAYS = (("positive", "positive tiles (at or above the cut-off)", True), ("tissue", "tissue outline", False),
                 ("top", "top tiles", False))
-SYNC_NOTE = ("Navigation is synchronised by position relative to each slide's size (level-0 coordinates divided by "
-             "the slide's width and height): no registration between the slides exists yet.")
+REGION_OVERLAY = ("region", "tumour region (registered from H&E)", True)
+SYNC_NOTE = ("An IHC slide registered onto the H&E slide follows it through the registration: the centre mapped "
+             "through the transform, the IHC image turned (and mirrored) to the H&E's orientation, zoom matched in "
+             "\u00b5m. Other slides follow by position relative to each slide's size. Each slide says which it uses.")
 
 
 def served_report(page: str) -> str:
@@ -74,11 +76,16 @@ def _slide_call(summary: dict | None) -> tuple[str, str, list[str]]:
     return line, reason, list((summary.get("slide_call") or {}).get("would_help") or [])
 
 
+def _region(summary: dict | None) -> dict:
+    return (((summary or {}).get("ihc") or {}).get("region")) or {}
+
+
 def _switches(slide_id: str, kind: str, summary: dict | None) -> str:
     overlays = HE_OVERLAYS
     if kind != "HE":
         metric = (((summary or {}).get("ihc") or {}).get("result") or {}).get("metric")
-        overlays = ((("heat:" + metric, f"{metric} heatmap", False),) if metric else ()) + IHC_OVERLAYS
+        region = (REGION_OVERLAY,) if _region(summary).get("restricted_to_tumour") else ()
+        overlays = ((("heat:" + metric, f"{metric} heatmap", False),) if metric else ()) + region + IHC_OVERLAYS
     rows = []
     for key, label, on in overlays:
         rows.append(f'<label><input type="checkbox" data-overlay="{esc(key)}"{" checked" if on else ""}> '
@@ -87,8 +94,34 @@ def _switches(slide_id: str, kind: str, summary: dict | None) -> str:
             + "".join(rows) + "</fieldset>")
 
 
-def slide_panel(slide_id: str, row: dict, summary: dict | None, problem: str | None) -> str:
-    """One slide: heading, call and reasons, the viewer's place, overlay switches, legend."""
+def region_line(summary: dict | None) -> str:
+    """Why an IHC slide has no tumour-region overlay (its marker was read over the whole tissue), or nothing."""
+    region = _region(summary)
+    if region.get("restricted_to_tumour"):
+        return ""
+    reason = region.get("reason") or "no tumour region recorded for this slide"
+    return f'<p class="region-absent">No tumour region to show: {esc(reason)}</p>'
+
+
+def registration_line(registration: dict | None) -> str:
+    """How a case view synchronises this IHC slide: through its registration (and how good it is), or not."""
+    if registration and registration.get("matrix_level0_px"):
+        r = registration
+        turn = f"shown turned {r['rotation_deg']:.0f}\u00b0" + (" and mirrored" if r.get("flip") else "")
+        text = (f"registered onto {r['he_slide_id']}: score {r['score']:.2f}, residual {r['residual_p95_um']:.1f} "
+                f"\u00b5m (95th percentile); {turn} to the H&E's orientation")
+        return f'<p class="registration" data-sync="registered">{esc(text)}</p>'
+    if registration is None:
+        why = "no registration.json (no H&E slide in this case, or the job has not run)"
+    else:
+        why = registration.get("reason") or f"status {registration.get('status')}"
+    text = f"not registered: {why}; navigation follows by position relative to the slide's size"
+    return f'<p class="registration" data-sync="relative">{esc(text)}</p>'
+
+
+def slide_panel(slide_id: str, row: dict, summary: dict | None, problem: str | None, sync_line: str = "") -> str:
+    """One slide: heading, call and reasons, the viewer's place, overlay switches, legend. ``sync_line``: a case
+    view's :func:`registration_line` for an IHC slide."""
     kind = "HE" if row["stain"] == "HE" else "IHC"
     call, reason, would_help = _slide_call(summary)
     status = (summary or {}).get("status", "no result")
@@ -101,9 +134,10 @@ def slide_panel(slide_id: str, row: dict, summary: dict | None, problem: str | N
             f'data-viewable="{"no" if problem else "yes"}">'
             f'<h2>{esc(slide_id)} &middot; {esc(row["stain"])} &middot; status {esc(status)}</h2>'
             f'<div class="body">{viewer}<aside class="info">'
-            f'<p class="call"><strong>{esc(call)}</strong></p><p class="reason">{esc(reason)}</p>{warn}'
+            f'<p class="call"><strong>{esc(call)}</strong></p><p class="reason">{esc(reason)}</p>{warn}{sync_line}'
             + (f"<p>What would help:</p><ul>{help_}</ul>" if help_ else "")
             + (_switches(slide_id, kind, summary) if not problem else "")
+            + (region_line(summary) if kind == "IHC" and summary else "")
             + '<div class="legend"></div></aside></div></section>')
 
 

@@ -197,16 +197,19 @@ class App:
         except SlideError as exc:
             raise HttpError(HTTPStatus.NOT_FOUND, f"slide {slide_id} cannot be shown: {exc}") from None
 
-    def _panel(self, slide_id: str) -> str:
+    def _panel(self, slide_id: str, case_view: bool = False) -> str:
         from pipeline.errors import SlideError
-        from pipeline.viewer.pages import slide_panel
+        from pipeline.viewer.data import registration
+        from pipeline.viewer.pages import registration_line, slide_panel
 
         try:
             self.cohort.source(slide_id)
             problem = None
         except SlideError as exc:
             problem = str(exc)
-        return slide_panel(slide_id, self.cohort.slides[slide_id], self.cohort.summary(slide_id), problem)
+        row = self.cohort.slides[slide_id]
+        sync = registration_line(registration(self.cohort, slide_id)) if case_view and row["stain"] != "HE" else ""
+        return slide_panel(slide_id, row, self.cohort.summary(slide_id), problem, sync)
 
     def report(self):
         from pipeline.viewer.pages import index_page, served_report
@@ -221,7 +224,7 @@ class App:
         if id not in self.cohort.cases:
             raise HttpError(HTTPStatus.NOT_FOUND, "no such case in this run's sample sheet")
         slides = self.cohort.case_slides(id)
-        page = view_page(f"Case {id}", case_header(id, self.cohort.case(id)), [self._panel(s) for s in slides],
+        page = view_page(f"Case {id}", case_header(id, self.cohort.case(id)), [self._panel(s, True) for s in slides],
                          self.osd_build is not None, sync=len(slides) > 1)
         return page.encode(), TYPES[".html"], {}
 

@@ -2,19 +2,16 @@
  *
  * Every panel (section.panel[data-slide]) gets a viewer of /dz/<id>.dzi and a canvas over it on which the
  * overlays are drawn in level-0 pixel coordinates (tiles, tissue outline, top tiles), from /api/slide/<id>.json.
- * Switches, legend and scale bar (um, from the slide's um/px) live beside the image. Case views synchronise the
- * viewers by position relative to each slide's size; `transform` is the hook for a registration.
- * With ?selftest=1 the page checks itself and writes the results on <html data-selftest-*> (tests read them).
+ * Switches, legend and scale bar (um) live beside the image. In a case view an IHC slide registered onto the H&E
+ * (`registration.matrix_level0_px`: IHC level-0 px -> H&E level-0 px) is shown in the H&E's orientation and follows
+ * through the matrix (centre mapped, zoom matched in um); other pairs follow by position relative to slide size.
+ * ?selftest=1: the page checks itself, results on <html data-selftest-*>; &pan=X,Y: where it moves the first viewer.
  */
 (function () {
   'use strict';
   var panels = [];
   var leader = null;
   var syncing = false;
-
-  // Hook for a registration between slides: maps a rectangle normalised to slide `from`'s size (x, y, w, h in
-  // 0..1) to one normalised to slide `to`'s size. No registration exists yet: the identity.
-  function transform(rect, from, to) { return rect; }  // eslint-disable-line no-unused-vars
 
   function fetchJSON(url) {
     return fetch(url).then(function (r) {
@@ -37,22 +34,38 @@
   }
 
   // ---- drawing -------------------------------------------------------------------------------------------
+  // Image level-0 px -> viewer element px, with the viewport's rotation and flip (OpenSeadragon mirrors the drawn
+  // canvas about its vertical centre line, after rotating).
   function frame(panel) {
-    var item = panel.viewer.world.getItemAt(0);
-    var p0 = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(0, 0));
-    var p1 = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(1000, 0));
-    return {x: p0.x, y: p0.y, s: (p1.x - p0.x) / 1000};
+    var item = panel.viewer.world.getItemAt(0), vp = panel.viewer.viewport, w = panel.viewer.container.clientWidth;
+    var el = function (x, y) {
+      var p = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y));
+      return vp.getFlip() ? {x: w - p.x, y: p.y} : p;
+    };
+    var o = el(0, 0), ex = el(1000, 0), ey = el(0, 1000);
+    var a = (ex.x - o.x) / 1000, b = (ex.y - o.y) / 1000, c = (ey.x - o.x) / 1000, d = (ey.y - o.y) / 1000;
+    return {s: Math.sqrt(a * a + b * b), pt: function (x, y) { return [o.x + a * x + c * y, o.y + b * x + d * y]; }};
   }
+
+  function path(ctx, f, points) {
+    ctx.beginPath();
+    points.forEach(function (q, j) {
+      var p = f.pt(q[0], q[1]);
+      if (j) { ctx.lineTo(p[0], p[1]); } else { ctx.moveTo(p[0], p[1]); }
+    });
+    ctx.closePath();
+  }
+
+  function square(b) { return [[b[0], b[1]], [b[0] + b[2], b[1]], [b[0] + b[2], b[1] + b[3]], [b[0], b[1] + b[3]]]; }
 
   function drawTiles(ctx, f, data, fill, stroke) {
     var box = data.overlays.tiles.box;
     for (var i = 0; i < box.length; i++) {
       var colour = fill(i);
       if (!colour) { continue; }
-      var b = box[i], x = f.x + b[0] * f.s, y = f.y + b[1] * f.s, w = b[2] * f.s, h = b[3] * f.s;
-      ctx.fillStyle = colour;
-      ctx.fillRect(x, y, w, h);
-      if (stroke) { ctx.strokeStyle = stroke(i); ctx.strokeRect(x, y, w, h); }
+      path(ctx, f, square(box[i]));
+      ctx.fillStyle = colour; ctx.fill();
+      if (stroke) { ctx.strokeStyle = stroke(i); ctx.stroke(); }
     }
   }
 
@@ -72,32 +85,33 @@
         if (!c || (key === 'positive' && c !== 'Positive')) { return null; }
         return rgba(colours.classes[c] || [128, 128, 128], 0.4);
       }, function (i) { return rgba(colours.classes[o.tiles.cls[i]] || [128, 128, 128], 0.9); });
+    } else if (key === 'region') {  // the registered tumour region: its tiles tinted, outlined
+      ctx.lineWidth = 2;
+      var inside = function (i) { return o.tiles.in_region[i] === 1 ? rgba(colours.region, 0.18) : null; };
+      drawTiles(ctx, f, panel.data, inside, function () { return rgba(colours.region, 0.9); });
+      ctx.lineWidth = 1;
     } else if (key === 'tissue') {
       ctx.strokeStyle = rgba(colours.tissue, 1);
       ctx.lineWidth = 2;
-      o.tissue.forEach(function (ring) {
-        ctx.beginPath();
-        ring.forEach(function (p, j) {
-          var x = f.x + p[0] * f.s, y = f.y + p[1] * f.s;
-          if (j) { ctx.lineTo(x, y); } else { ctx.moveTo(x, y); }
-        });
-        ctx.closePath();
-        ctx.stroke();
-      });
+      o.tissue.forEach(function (ring) { path(ctx, f, ring); ctx.stroke(); });
       ctx.lineWidth = 1;
     } else if (key === 'top') {
-      ctx.lineWidth = 3;
-      ctx.font = 'bold 13px sans-serif';
-      o.top.forEach(function (t) {
-        var c = colours.classes[t.group] || [255, 140, 0];
-        var x = f.x + t.x * f.s, y = f.y + t.y * f.s, w = Math.max(t.size * f.s, 6);
-        ctx.strokeStyle = rgba(c, 1);
-        ctx.strokeRect(x, y, w, w);
-        ctx.fillStyle = rgba(c, 1);
-        ctx.fillText(String(t.rank), x + 3, y + 14);
-      });
-      ctx.lineWidth = 1;
+      drawTop(ctx, f, o);
     }
+  }
+
+  function drawTop(ctx, f, o) {
+    ctx.lineWidth = 3;
+    ctx.font = 'bold 13px sans-serif';
+    o.top.forEach(function (t) {
+      var c = rgba(o.colours.classes[t.group] || [255, 140, 0], 1), size = Math.max(t.size, 6 / f.s);
+      path(ctx, f, square([t.x, t.y, size, size]));
+      ctx.strokeStyle = c;
+      ctx.stroke();
+      var p = f.pt(t.x + size / 2, t.y + size / 2);
+      ctx.fillStyle = c; ctx.fillText(String(t.rank), p[0] - 4, p[1] + 5);
+    });
+    ctx.lineWidth = 1;
   }
 
   function redraw(panel) {
@@ -114,6 +128,7 @@
     var f = frame(panel);
     active(panel).forEach(function (key) { drawOverlay(panel, key, ctx, f); });
     scaleBar(panel, f);
+    viewState(panel);
   }
 
   // ---- legend and scale bar ------------------------------------------------------------------------------
@@ -123,8 +138,7 @@
     mark.className = cls;
     Object.keys(style).forEach(function (k) { mark.style[k] = style[k]; });
     text.textContent = html;
-    item.appendChild(mark);
-    item.appendChild(text);
+    item.append(mark, text);
     return item;
   }
 
@@ -144,6 +158,10 @@
         var cut = o.cutoff || {};
         box.appendChild(legendItem('positive tile: ' + cut.metric + ' \u2265 ' + cut.value,
                                    {background: rgba(colours.classes.Positive, 0.6)}, 'swatch'));
+      } else if (key === 'region') {
+        var n = o.tiles.in_region.filter(function (v) { return v === 1; }).length;
+        var tint = {background: rgba(colours.region, 0.25), borderColor: rgba(colours.region, 1)};
+        box.appendChild(legendItem('tumour region (registered from H&E): ' + n + ' tiles', tint, 'swatch'));
       } else if (key === 'tissue') {
         box.appendChild(legendItem('tissue outline (QC mask)', {borderColor: rgba(colours.tissue, 1)}, 'line'));
       } else if (key === 'top') {
@@ -174,18 +192,85 @@
     return {x: b.x / W, y: b.y / H, w: b.width / W, h: b.height / H};
   }
 
+  function apply(m, p) {
+    return {x: m[0][0] * p.x + m[0][1] * p.y + m[0][2], y: m[1][0] * p.x + m[1][1] * p.y + m[1][2]};
+  }
+
+  function invert(m) {
+    var a = m[0][0], b = m[0][1], c = m[0][2], d = m[1][0], e = m[1][1], f = m[1][2], det = a * e - b * d;
+    return [[e / det, -b / det, (b * f - c * e) / det], [-d / det, a / det, (c * d - a * f) / det], [0, 0, 1]];
+  }
+
+  // A panel's usable registration onto an H&E slide (IHC level-0 px -> H&E level-0 px), or null.
+  function registered(panel) {
+    var r = panel.data && panel.data.registration;
+    return r && r.status === 'ok' && r.matrix_level0_px ? r : null;
+  }
+
+  // The registration hook: a function mapping level-0 px of panel `from` to level-0 px of panel `to` (IHC -> H&E,
+  // H&E -> IHC, or IHC -> H&E -> IHC for two slides registered onto the same H&E), or null: follow by position.
+  function transform(from, to) {
+    var rf = registered(from), rt = registered(to);
+    var fwd = rf && function (p) { return apply(rf.matrix_level0_px, p); };
+    var back = rt && function (p) { return apply(invert(rt.matrix_level0_px), p); };
+    if (rf && rf.he_slide_id === to.id) { return fwd; }
+    if (rt && rt.he_slide_id === from.id) { return back; }
+    if (rf && rt && rf.he_slide_id === rt.he_slide_id) { return function (p) { return back(fwd(p)); }; }
+    return null;
+  }
+
+  // In a case view, a registered IHC slide is shown in its H&E slide's orientation. The registration mirrors x
+  // and then turns clockwise by rotation_deg; OpenSeadragon turns and then mirrors the drawn canvas, so with a
+  // flip the viewport turns the other way (F R(-a) = R(a) F).
+  function viewRotation(r) { return ((r.flip ? -r.rotation_deg : r.rotation_deg) % 360 + 360) % 360; }
+
+  function orient(panel) {
+    var r = registered(panel), he = r && panels.some(function (q) { return q.id === r.he_slide_id; });
+    if (he && document.getElementById('sync')) {
+      panel.viewer.viewport.setFlip(!!r.flip).setRotation(viewRotation(r), true);
+    }
+  }
+
+  function centre(panel) {
+    return panel.viewer.world.getItemAt(0).viewportToImageCoordinates(panel.viewer.viewport.getCenter(true));
+  }
+
+  function umPerScreenPx(panel) {
+    var zoom = panel.viewer.world.getItemAt(0).viewportToImageZoom(panel.viewer.viewport.getZoom(true));
+    return panel.data.slide.mpp / zoom;
+  }
+
+  // Centre `panel` on level-0 point `point` at `um` micrometres per screen pixel.
+  function place(panel, point, um) {
+    var item = panel.viewer.world.getItemAt(0), vp = panel.viewer.viewport;
+    vp.zoomTo(item.imageToViewportZoom(panel.data.slide.mpp / um), null, true);
+    vp.panTo(item.imageToViewportCoordinates(point.x, point.y), true);
+  }
+
+  function followRelative(p, rect) {
+    var W = p.data.slide.width_px, H = p.data.slide.height_px, item = p.viewer.world.getItemAt(0);
+    p.viewer.viewport.fitBounds(item.imageToViewportRectangle(rect.x * W, rect.y * H, rect.w * W, rect.h * H), true);
+  }
+
   function follow(from) {
     var box = document.getElementById('sync');
     if (syncing || from !== leader || !box || !box.checked) { return; }
     syncing = true;
-    var rect = normalised(from);
+    var rect = normalised(from), c = centre(from), um = umPerScreenPx(from);
     panels.forEach(function (p) {
       if (p === from || !p.viewer || !p.viewer.world.getItemCount()) { return; }
-      var r = transform(rect, from.id, p.id), W = p.data.slide.width_px, H = p.data.slide.height_px;
-      var item = p.viewer.world.getItemAt(0);
-      p.viewer.viewport.fitBounds(item.imageToViewportRectangle(r.x * W, r.y * H, r.w * W, r.h * H), true);
+      var map = transform(from, p);
+      if (map) { place(p, map(c), um); } else { followRelative(p, rect); }
     });
     syncing = false;
+  }
+
+  // The view's state on the panel element (data-view-*), for people debugging and for the tests.
+  function viewState(panel) {
+    var c = centre(panel), vp = panel.viewer.viewport;
+    var at = {centre: c.x.toFixed(1) + ',' + c.y.toFixed(1), rotation: String(+vp.getRotation().toFixed(4)),
+              flip: String(!!vp.getFlip()), 'um-per-px': umPerScreenPx(panel).toFixed(4)};
+    Object.keys(at).forEach(function (k) { panel.el.setAttribute('data-view-' + k, at[k]); });
   }
 
   // ---- set-up --------------------------------------------------------------------------------------------
@@ -215,7 +300,7 @@
       legend(panel);
       if (!leader) { leader = panel; }
       return new Promise(function (resolve, reject) {
-        panel.viewer.addOnceHandler('open', resolve);
+        panel.viewer.addOnceHandler('open', function () { orient(panel); resolve(); });
         panel.viewer.addOnceHandler('open-failed', function (e) { reject(new Error(panel.id + ': ' + e.message)); });
       });
     });
@@ -232,6 +317,30 @@
     var px = ctx.getImageData(0, 0, out.width, out.height).data, h = 2166136261;
     for (var i = 0; i < px.length; i += 4) { h = Math.imul(h ^ (px[i] + 256 * px[i + 1] + 65536 * px[i + 2]), 16777619); }
     return (h >>> 0).toString(16);
+  }
+
+  // Move the first viewer (to ?pan=X,Y at 2 level-0 px per screen px, else zoom 3x and pan a little); the others
+  // follow. Records each viewer's centre, rotation, flip and um per screen px, and the worst offset of the
+  // viewers that follow by relative position.
+  function syncTest(shown, set) {
+    var lead = shown[0], vp = lead.viewer.viewport, pan = /[?&]pan=([\d.]+),([\d.]+)/.exec(window.location.search);
+    leader = lead;
+    if (pan) { place(lead, {x: +pan[1], y: +pan[2]}, 2 * lead.data.slide.mpp); } else {
+      vp.zoomBy(3, null, true).panBy(new OpenSeadragon.Point(0.05, 0.03), true);
+    }
+    follow(lead);
+    var a = normalised(lead), worst = null, views = [];
+    shown.forEach(function (q) {
+      viewState(q);
+      views.push([q.id, transform(lead, q) ? 'registered' : 'relative'].concat(['centre', 'rotation', 'flip',
+        'um-per-px'].map(function (k) { return q.el.getAttribute('data-view-' + k); })).join(':'));
+      if (q === lead || transform(lead, q)) { return; }
+      var b = normalised(q);
+      worst = Math.max(worst || 0, Math.abs(a.x + a.w / 2 - b.x - b.w / 2), Math.abs(a.y + a.h / 2 - b.y - b.h / 2));
+    });
+    set('sync-offset', worst === null ? 'none' : worst.toFixed(4));
+    set('sync-zoomed', (a.w < 0.6).toString());
+    set('sync-views', views.join(' '));
   }
 
   function selftest() {
@@ -269,20 +378,7 @@
       set('hash-after', after);
       set('legend', p.el.querySelector('.legend').textContent);
       set('scalebar', p.el.querySelector('.scalebar').textContent);
-      if (shown.length > 1 && document.getElementById('sync')) {  // zoom and pan the first: the others follow
-        var lead = shown[0], vp = lead.viewer.viewport;
-        leader = lead;
-        vp.zoomBy(3, null, true);
-        vp.panBy(new OpenSeadragon.Point(0.05, 0.03), true);
-        follow(lead);
-        var a = normalised(lead), worst = 0;
-        shown.slice(1).forEach(function (q) {
-          var b = normalised(q);
-          worst = Math.max(worst, Math.abs(a.x + a.w / 2 - b.x - b.w / 2), Math.abs(a.y + a.h / 2 - b.y - b.h / 2));
-        });
-        set('sync-offset', worst.toFixed(4));
-        set('sync-zoomed', (a.w < 0.6).toString());
-      }
+      if (shown.length > 1 && document.getElementById('sync')) { syncTest(shown, set); }
       set('done', 'yes');
     }).catch(function (e) { set('error', String(e)); });
   }
@@ -293,6 +389,7 @@
     root.setAttribute('data-osd', OpenSeadragon.version.versionStr);
     var els = [].slice.call(document.querySelectorAll('section.panel[data-viewable="yes"]'));
     var all = Promise.all(els.map(setup));
+    all.then(function () { if (panels[0] && panels[0].viewer) { follow(panels[0]); } });  // start in step
     if (/[?&]selftest=1\b/.test(window.location.search)) {
       all.then(selftest, function (e) { root.setAttribute('data-selftest-error', String(e)); });
     }
