@@ -4,7 +4,8 @@
 * :func:`register_slides` - read both slides' pictures through :func:`pipeline.slides.reader.open_slide`, run
   :func:`pipeline.ihc.registration.register_images`, and return the record: the transform as a 3x3 matrix from
   IHC level-0 px to H&E level-0 px (and back), its rotation / flip / scale / shift in um, the quality score, the
-  residual error in um, status ``ok`` or ``failed`` with a reason, timings and the machine;
+  residual error in um, status ``ok`` or ``failed`` with a reason (and, returned but not written by the verb,
+  timings and the machine: the file is byte-identical on a rerun);
 * :func:`run` - the verb: that record as JSON (atomic write). A failed registration is a record with
   ``"status": "failed"``, its reason and no transform to use (the rejected one is kept for inspection).
 
@@ -135,7 +136,10 @@ def run(args) -> None:
         reason = redact(redact(str(exc), args.he), args.ihc)
         record = {"version": REGISTRATION_VERSION, "he_slide_id": args.he_id, "ihc_slide_id": args.ihc_id,
                   "status": "failed", "reason": reason, "transform": None}
+    # the file holds only what the slides decide (byte-identical on a rerun); times and machine go to the log
+    timings, machine = record.pop("timings_s", None), record.pop("machine", None)
     atomic.write_json(args.out, record)
+    log.info("registration took %s s on %s", timings, machine)
     quality = record.get("quality", {})
     log.info("registration %s: score %s, residual %s um (95th percentile)%s", record["status"],
              quality.get("score"), quality.get("residual_p95_um"),
