@@ -26,11 +26,11 @@ import numpy as np
 from pipeline import DISCLAIMER, atomic
 from pipeline.ihc import stain
 from pipeline.ihc.contact_sheet import contact_sheet, png_bytes, slide_contact_sheet
-from pipeline.ihc.measure import COUNT_COLUMNS, SUM_COLUMNS, derived_metrics, quantify_tile
+from pipeline.ihc.measure import derived_metrics, quantify_tile
 from pipeline.ihc.measured_region import measured_region, summarise_rows
 from pipeline.ihc.nuclei import estimate_nucleus_threshold
 from pipeline.ihc.params import IhcParams
-from pipeline.ihc.reading import distribution, internal_control, marker_result
+from pipeline.ihc.reading import internal_control
 from pipeline.ihc.stain import Deconvolver
 from pipeline.ihc.stain_check import stain_check
 from pipeline.ihc.tiles_table import write_tiles
@@ -113,23 +113,9 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
     rows = []
     for i, c in enumerate(counts):
         rows.append({"x": int(grid_x[i]), "y": int(grid_y[i]), **c, **derived_metrics(c)})
-    totals = {k: sum(c[k] for c in counts) for k in COUNT_COLUMNS + SUM_COLUMNS}
-    metrics = derived_metrics(totals)
-    metrics["nuclei"] = totals["nuclei"]
-    tissue_mm2 = totals["tissue_px"] * (params.quantify_mpp / 1000.0) ** 2
-    reading = entry["reading"]
-    tile_vals = np.array([np.nan if r[reading["metric"]] is None else r[reading["metric"]] for r in rows], float)
-    dist = distribution(tile_vals, float(reading["positive_at"]), params.diffuse_tiles_pct)
-    summary = {
-        "tiles": {"quantified": len(rows), "tile_px": tile_px, "tile_um": round(grid_size_um, 3)},
-        "tissue_mm2": round(tissue_mm2, 4),
-        "counts": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in totals.items()},
-        "metrics": metrics,
-        "distribution": dist,
-        "internal_control": internal_control(counts, entry, params),
-        "result": marker_result(metrics, entry, params, tissue_mm2, dist),
-        "method": method,
-    }
+    summary = summarise_rows(rows, entry, params)
+    summary.update(tiles={"quantified": len(rows), "tile_px": tile_px, "tile_um": round(grid_size_um, 3)},
+                   internal_control=internal_control(counts, entry, params), method=method)
     log.info("quantified %d tiles of %d px at %g um/px in %.1f s (%.1f tiles/s, %d threads)", len(rows), tile_px,
              params.quantify_mpp, elapsed, len(rows) / elapsed if elapsed > 0 else math.inf, threads)
     return rows, summary
