@@ -94,3 +94,11 @@ def test_every_fall_back_is_flagged_not_restricted(tmp_path):
                         (few, "only 8 IHC tiles"), (no_tumour, "no H&E tile reaches tumour probability")):
         assert region["restricted_to_tumour"] is False and region["in_region"] is None
         assert region["reason"].startswith("not restricted to tumour") and why in region["reason"], region
+
+
+def test_unreadable_he_tables_fall_back_flagged_and_never_fail_the_slide(tmp_path):
+    he_x, he_y = _grid(2)
+    (tmp_path / "scores.parquet").write_bytes(b"not parquet")
+    region = measured_region(he_x, he_y, TILE, _registration(tmp_path), str(tmp_path / "missing.parquet"),
+                             str(tmp_path / "scores.parquet"), {}, 0.5)
+    assert region["restricted_to_tumour"] is False and "cannot be read" in region["reason"]

@@ -17,7 +17,7 @@ from pipeline.ihc.measure import COUNT_COLUMNS, SUM_COLUMNS, derived_metrics
 from pipeline.ihc.params import IhcParams
 from pipeline.ihc.reading import distribution, marker_result
 from pipeline.ihc.tumour_region import in_region, region_fraction, tumour_tiles
-from pipeline.tables import read_columns
+from pipeline.tables import try_read_columns
 
 DEFAULTS = {"prob_min": None, "margin_um": 100.0, "min_tiles": 3}
 
@@ -66,8 +66,11 @@ def measured_region(xs, ys, ihc_tile_level0: float, registration_path: str | Non
     brief = _registration_brief(record)
     if record.get("status") != "ok":
         return _not_restricted(f"registration onto the H&E slide failed ({record.get('reason')})", brief)
-    he_grid, he_meta = read_columns(he_tiles_path)
-    scores, scores_meta = read_columns(he_scores_path)
+    he_grid = try_read_columns(he_tiles_path)
+    he_scores = try_read_columns(he_scores_path)
+    if he_grid is None or he_scores is None:
+        return _not_restricted("the H&E slide's tile grid or scores cannot be read", brief)
+    (_, he_meta), (scores, scores_meta) = he_grid, he_scores
     if scores_meta.get("status") not in (None, "ok") or not len(scores.get("x", [])):
         return _not_restricted("the H&E slide has no tile scores", brief)
     tumour = tumour_tiles(scores["prob_carcinoma"], scores["prob_sarcoma"], prob_min)

@@ -67,8 +67,9 @@ def calibrate_slide(slide, grid_x, grid_y, grid_size_um: float, params: IhcParam
     deconvolver = Deconvolver(matrix, background)
     if nucleus_od_min == "auto":
         if sample:
-            h = np.concatenate([deconvolver(t)[0] for t in sample], axis=0)
-            dab = np.concatenate([deconvolver(t)[1] for t in sample], axis=0)
+            maps = [deconvolver(t) for t in sample]  # (H OD, DAB OD, RGB OD) per tile, computed once
+            h = np.concatenate([m[0] for m in maps], axis=0)
+            dab = np.concatenate([m[1] for m in maps], axis=0)
             nucleus_od_min = estimate_nucleus_threshold(h, dab, params.quantify_mpp, params.nucleus_sigma_um,
                                                         params.dab_od_thresholds[0] / 2, params.nucleus_od_range)
         else:
@@ -119,9 +120,6 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
     log.info("quantified %d tiles of %d px at %g um/px in %.1f s (%.1f tiles/s, %d threads)", len(rows), tile_px,
              params.quantify_mpp, elapsed, len(rows) / elapsed if elapsed > 0 else math.inf, threads)
     return rows, summary
-
-
-# ---- contact sheet -------------------------------------------------------------------------------------
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
