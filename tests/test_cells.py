@@ -208,20 +208,21 @@ def test_cell_counts_of_an_empty_tile():
 # Three 512 px tiles at 0.5 um/px inside adenocarcinoma of case A (level-0 x, y of the H&E slide's frame; each IHC
 # slide lies rotated on its glass, so the tiles are read where the truth file's transform puts them). Truth
 # from re-running the generator over these tiles (H&E frame): 762 tumour cells drawn, 650 ER-positive (85.3 %), 735
-# CK-positive (96.5 %). The glands' nuclei overlap (7.5 um lattice, nuclei 8-11 um long), so clumps of nuclei
-# are found as one and read by their mean: the per-cell figure reads a few points high.
+# CK-positive (96.5 %). The glands' nuclei overlap (7.5 um lattice, nuclei 8-11 um long): a DAB-negative nucleus
+# under a positive neighbour's edge can read brown, so the per-cell figure reads a few points high (ER 88.2 %).
 SAMPLE_TILES = ((3456, 3200), (3584, 3072), (4480, 2816))
 
 
-OPEN = "issue 14 open: per-cell figures on the rotated sample slides read ER 93.7 % (drawn 85.3) and CK 54.2 % " \
-       "(drawn 96.5): nuclei in the dense glands are found as clumps, and cells grown from haematoxylin-only nuclei " \
-       "under strong cytoplasmic DAB are missed"
+CK_OPEN = ("cytoplasmic markers depend on the nucleus threshold: nuclei found on haematoxylin under strong DAB "
+           "swallow the cytoplasm at a threshold estimated from these three tiles with white glass, and the ring read "
+           "as cytoplasm falls in the stroma (0.5 % read positive); the workflow calibrates on the tumour region and "
+           "reads A-CK 90 % against 96.9 % drawn")
 
 
-@pytest.mark.parametrize("marker, compartment, drawn_pct, tolerance", [
-    pytest.param("ER", "nuclear", 85.3, 8.0, marks=pytest.mark.xfail(strict=True, reason=OPEN)),
-    pytest.param("CK_AE1AE3", "cytoplasmic", 96.5, 4.0, marks=pytest.mark.xfail(strict=True, reason=OPEN))])
-def test_sample_tumour_tiles_per_cell(marker, compartment, drawn_pct, tolerance):
+@pytest.mark.parametrize("marker, compartment, drawn_pct", [
+    ("ER", "nuclear", 85.3),
+    pytest.param("CK_AE1AE3", "cytoplasmic", 96.5, marks=pytest.mark.xfail(strict=True, reason=CK_OPEN))])
+def test_sample_tumour_tiles_per_cell(marker, compartment, drawn_pct):
     require_sample_cohort()
     import json
 
@@ -240,9 +241,10 @@ def test_sample_tumour_tiles_per_cell(marker, compartment, drawn_pct, tolerance)
     h, dab, _ = deconvolver(np.concatenate(tiles))
     od_min = estimate_nucleus_threshold(h, dab, MPP, PARAMS.nucleus_sigma_um, PARAMS.dab_od_thresholds[0] / 2,
                                         PARAMS.nucleus_od_range)
-    counts = [quantify_tile(t, MPP, PARAMS, compartment == "nuclear", deconvolver, od_min, compartment=compartment)
-              for t in tiles]
+    counts = [quantify_tile(t, MPP, PARAMS, compartment == "nuclear", deconvolver, od_min, compartment=compartment,
+                            tumour_cells=PARAMS.tumour_cell_filter) for t in tiles]
     m = derived_metrics({k: sum(c[k] for c in counts) for k in counts[0]})
-    assert m["cells_positive_pct"] == pytest.approx(drawn_pct, abs=tolerance)
+    print(f"{marker}: {m['cells_positive_pct']} % of tumour-like cells positive, drawn {drawn_pct}")
+    assert m["cells_positive_pct"] == pytest.approx(drawn_pct, abs=5.0)
     # gland lumens and stroma between glands: the area figure is far below the per-cell one
     assert m["area_positive_pct"] < m["cells_positive_pct"] - 40

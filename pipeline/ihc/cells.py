@@ -2,7 +2,7 @@
 
 The job: turn a nucleus label image (:func:`pipeline.ihc.nuclei.detect_nuclei`) into cells and count them per DAB
 class the way a marker is read, per cell rather than per pixel, so DAB-negative stroma does not dilute a result.
-Every cell of the image counts, tumour or not: restricting the cells to tumour is the caller's business.
+Every cell of the image counts unless the caller asks for tumour-like cells only (:mod:`pipeline.ihc.tumour_cells`).
 
 * :func:`cells_from_nuclei` - cells (each nucleus grown by ``cytoplasm_um``, never into a neighbour), their
   cytoplasm ring (cell minus nucleus) and membrane band (the cell's outer ``membrane_um``);
@@ -48,10 +48,11 @@ import numpy as np
 
 from pipeline.ihc.nuclei import nucleus_classes, nucleus_means
 from pipeline.ihc.stain import intensity_classes
+from pipeline.ihc.tumour_cells import nucleus_shapes, tumour_like
 
 COMPARTMENTS = ("nuclear", "cytoplasmic", "membranous", "nuclear_cytoplasmic")
 CELL_COUNT_COLUMNS = ("cells", "cells_1plus", "cells_2plus", "cells_3plus",
-                      "membrane_0", "membrane_1", "membrane_2", "membrane_3")
+                      "membrane_0", "membrane_1", "membrane_2", "membrane_3", "cells_set_aside")
 CELL_METRIC_COLUMNS = ("cells_positive", "cells_positive_pct", "cell_h_score", "membrane_pct_2plus",
                        "membrane_pct_3plus", "her2_style_research_score")
 
@@ -221,23 +222,37 @@ def membrane_classes(m: CellMeasurements, thresholds=(0.2, 0.4, 0.6), complete_m
 
 def cell_counts(labels: np.ndarray, h_od: np.ndarray, dab_od: np.ndarray, mpp: float, compartment: str,
                 thresholds=(0.2, 0.4, 0.6), dab_fraction_min: float = 0.35, dab_od_min: float = 0.05,
-                cytoplasm_um: float = CYTOPLASM_UM, membrane_um: float = MEMBRANE_UM) -> dict:
+                cytoplasm_um: float = CYTOPLASM_UM, membrane_um: float = MEMBRANE_UM,
+                tumour_cells: tuple[float, float] | None = None) -> dict:
     """Counts of :data:`CELL_COUNT_COLUMNS` for one tile: cells and cells per DAB class in ``compartment``;
-    for membranous markers also cells per HER2-style research class (``membrane_0`` .. ``membrane_3``, else 0)."""
+    for membranous markers also cells per HER2-style research class (``membrane_0`` .. ``membrane_3``, else 0).
+
+    ``tumour_cells`` = (min nucleus area um2, min nucleus width um) counts only the cells whose nucleus looks like
+    a tumour cell's (:mod:`pipeline.ihc.tumour_cells`); the others are counted in ``cells_set_aside`` (they still
+    take their share of space when cells are grown)."""
     if compartment not in COMPARTMENTS:
         raise ValueError(f"compartment must be one of {COMPARTMENTS}, got {compartment!r}")
+    labels = np.asarray(labels, np.int32)
+    present = np.bincount(labels.ravel())[1:] > 0 if labels.size else np.zeros(0, bool)
+    keep = np.ones(int(present.sum()), bool)
+    if tumour_cells is not None:
+        area, width = nucleus_shapes(labels, mpp)
+        keep = tumour_like(area[present], width[present], *tumour_cells)
+    set_aside = int((~keep).sum())
     if compartment == "nuclear":  # the cells' class is their nucleus's: no need to grow them
-        per_class = np.bincount(nucleus_classes(*nucleus_means(labels, h_od, dab_od), thresholds, dab_fraction_min,
-                                                dab_od_min), minlength=4)
+        classes = nucleus_classes(*nucleus_means(labels, h_od, dab_od), thresholds, dab_fraction_min, dab_od_min)
+        per_class = np.bincount(classes[keep], minlength=4)
         return {"cells": int(per_class.sum()), "cells_1plus": int(per_class[1]), "cells_2plus": int(per_class[2]),
-                "cells_3plus": int(per_class[3]), **dict.fromkeys(CELL_COUNT_COLUMNS[4:], 0)}
+                "cells_3plus": int(per_class[3]), **dict.fromkeys(CELL_COUNT_COLUMNS[4:8], 0),
+                "cells_set_aside": set_aside}
     membranous = compartment == "membranous"
     comp = cells_from_nuclei(labels, mpp, cytoplasm_um, membrane_um if membranous else None)
     m = measure_cells(comp, h_od, dab_od, thresholds[0], membrane=membranous)
-    per_class = np.bincount(cell_classes(m, compartment, thresholds, dab_fraction_min, dab_od_min), minlength=4)
-    her2 = np.bincount(membrane_classes(m, thresholds), minlength=4) if membranous else np.zeros(4, int)
-    return {"cells": int(comp.n), "cells_1plus": int(per_class[1]), "cells_2plus": int(per_class[2]),
-            "cells_3plus": int(per_class[3]), **{f"membrane_{k}": int(her2[k]) for k in range(4)}}
+    per_class = np.bincount(cell_classes(m, compartment, thresholds, dab_fraction_min, dab_od_min)[keep], minlength=4)
+    her2 = np.bincount(membrane_classes(m, thresholds)[keep], minlength=4) if membranous else np.zeros(4, int)
+    return {"cells": int(keep.sum()), "cells_1plus": int(per_class[1]), "cells_2plus": int(per_class[2]),
+            "cells_3plus": int(per_class[3]), **{f"membrane_{k}": int(her2[k]) for k in range(4)},
+            "cells_set_aside": set_aside}
 
 
 def empty_counts() -> dict:

@@ -35,6 +35,10 @@ def check_markers(kb: dict, what: str = "markers") -> None:
         if metric == "nuclei_positive_pct" and entry["compartment"] not in NUCLEAR_COMPARTMENTS:
             raise ConfigError(f"{what}: markers.{name}: metric nuclei_positive_pct needs a nuclear compartment, "
                               f"not {entry['compartment']!r}")
+        per_cell = entry["reading"].get("per_tumour_cell")
+        if per_cell and per_cell["source"] not in sources:
+            raise ConfigError(f"{what}: markers.{name}.reading.per_tumour_cell.source: unknown source key "
+                              f"{per_cell['source']!r}; add it to `sources`")
         low = entry["reading"].get("low_positive_below")
         if low is not None and low <= entry["reading"]["positive_at"]:
             raise ConfigError(f"{what}: markers.{name}.reading: low_positive_below must exceed positive_at")

@@ -71,7 +71,8 @@ def _detect(h: np.ndarray, dab: np.ndarray, mpp: float, params: IhcParams, nucle
 
 def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
                   deconvolver: Deconvolver | None = None, nucleus_od_min: float | None = None,
-                  return_images: bool = False, nuclei_include_dab: bool = True, compartment: str | None = None):
+                  return_images: bool = False, nuclei_include_dab: bool = True, compartment: str | None = None,
+                  tumour_cells: tuple[float, float] | None = None):
     """Counts for one RGB tile at ``mpp`` um/px (see COUNT_COLUMNS); with ``return_images`` also the maps.
 
     ``nucleus_od_min`` is the slide's calibrated threshold; None uses the configured number, or with
@@ -81,7 +82,8 @@ def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
     ``compartment`` (markers.yaml: nuclear, cytoplasmic, membranous, nuclear_cytoplasmic) adds per-cell counts
     (:func:`pipeline.ihc.cells.cell_counts`; None: those counts are 0). Cells of a nuclear marker are its nuclei;
     the other compartments grow cells from nuclei found on haematoxylin alone (DAB outside the nucleus would
-    merge neighbours). The pixel and nucleus counts do not depend on ``compartment``.
+    merge neighbours). The pixel and nucleus counts do not depend on ``compartment``. ``tumour_cells`` (min nucleus
+    area um2, min width um) counts only tumour-like cells (:mod:`pipeline.ihc.tumour_cells`).
     """
     deconvolver = deconvolver or Deconvolver()
     h, dab, od = deconvolver(rgb)
@@ -101,7 +103,8 @@ def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
         cell_labels = labels if reuse else _detect(h, dab, mpp, params, nucleus_od_min,
                                                     compartment == "nuclear")
         counts.update(cell_counts(cell_labels, h, dab, mpp, compartment, params.dab_od_thresholds,
-                                  params.nucleus_dab_fraction_min, params.nucleus_dab_od_min))
+                                  params.nucleus_dab_fraction_min, params.nucleus_dab_od_min,
+                                  tumour_cells=tumour_cells))
     if return_images:
         return counts, {"h": h, "dab": dab, "tissue": tissue, "labels": labels, "cell_nuclei": cell_labels}
     return counts

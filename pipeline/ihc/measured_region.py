@@ -22,11 +22,26 @@ from pipeline.tables import try_read_columns
 DEFAULTS = {"prob_min": None, "margin_um": 100.0, "min_tiles": 3}
 
 
+def per_tumour_cell_entry(entry: dict) -> dict:
+    """The marker's entry as read in the tumour region: with a ``per_tumour_cell`` cut-off, % of tumour cells
+    positive (``cells_positive_pct``) against it; without one, the entry unchanged."""
+    reading = entry["reading"]
+    per_cell = reading.get("per_tumour_cell")
+    if not per_cell:
+        return entry
+    how = (f"{' '.join(reading['how'].split())} In the tumour region: % of tumour-like cells positive in the "
+           f"marker's compartment, positive at >= {per_cell['positive_at']:g} % ({per_cell['source']}).")
+    return {**entry, "reading": {**reading, "metric": "cells_positive_pct", "positive_at": per_cell["positive_at"],
+                                 "how": how}}
+
+
 def summarise_rows(rows: list[dict], entry: dict, params: IhcParams) -> dict:
     """Counts, metrics, distribution and the marker's reading over ``rows`` (per-tile rows of quantify-ihc)."""
     totals = {k: sum(r[k] for r in rows) for k in COUNT_COLUMNS + SUM_COLUMNS}
     metrics = derived_metrics(totals)
     metrics["nuclei"] = totals["nuclei"]
+    metrics["cells"] = totals["cells"]
+    metrics["cells_set_aside"] = totals["cells_set_aside"]
     tissue_mm2 = totals["tissue_px"] * (params.quantify_mpp / 1000.0) ** 2
     reading = entry["reading"]
     values = np.array([np.nan if r[reading["metric"]] is None else r[reading["metric"]] for r in rows], float)

@@ -33,22 +33,36 @@ class IhcParams:
     stain_check_he_dab_max: float = 0.05
     stain_check_ihc_dab_min: float = 0.01
     stain_check_ihc_eosin_min: float = 0.3
+    tumour_cells: bool = True  # count only tumour-like cells in the tumour region (pipeline/ihc/tumour_cells.py)
+    tumour_cell_min_area_um2: float = 55.0
+    tumour_cell_min_width_um: float = 5.5
 
     @classmethod
     def from_config(cls, section: dict | None) -> IhcParams:
         section = dict(section or {})
         check = section.pop("stain_check", {}) or {}
+        cells = section.pop("tumour_cells", {})
+        section.pop("tumour_region", None)
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in section.items() if k in known}
         for k, v in check.items():
             if f"stain_check_{k}" in known:
                 kwargs[f"stain_check_{k}"] = v
+        if cells is None:
+            kwargs["tumour_cells"] = False
+        else:
+            kwargs.update({f"tumour_cell_{k}": float(v) for k, v in cells.items()})
         for key in ("dab_od_thresholds", "nucleus_od_range"):
             if key in kwargs:
                 kwargs[key] = tuple(float(t) for t in kwargs[key])
         params = cls(**kwargs)
         params.check()
         return params
+
+    @property
+    def tumour_cell_filter(self) -> tuple[float, float] | None:
+        """(min nucleus area um2, min width um) of a tumour-like cell, or None to count every cell."""
+        return (self.tumour_cell_min_area_um2, self.tumour_cell_min_width_um) if self.tumour_cells else None
 
     def check(self) -> None:
         t = self.dab_od_thresholds

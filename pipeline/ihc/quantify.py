@@ -27,7 +27,7 @@ from pipeline import DISCLAIMER, atomic
 from pipeline.ihc import stain
 from pipeline.ihc.contact_sheet import contact_sheet, png_bytes, slide_contact_sheet
 from pipeline.ihc.measure import derived_metrics, quantify_tile
-from pipeline.ihc.measured_region import measured_region, summarise_rows
+from pipeline.ihc.measured_region import measured_region, per_tumour_cell_entry, summarise_rows
 from pipeline.ihc.nuclei import estimate_nucleus_threshold
 from pipeline.ihc.params import IhcParams
 from pipeline.ihc.reading import internal_control
@@ -97,7 +97,14 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
 
     nuclear = is_nuclear(entry)
     tile_px = int(round(grid_size_um / params.quantify_mpp))
-    deconvolver, nucleus_od_min, method = calibrate_slide(slide, grid_x, grid_y, grid_size_um, params, thumb)
+    # cells of the tumour region: only tumour-like ones where the marker is read per tumour cell
+    tumour_cells = params.tumour_cell_filter if entry["reading"].get("per_tumour_cell") else None
+    # The tissue being read sets the constants: the tumour region's tiles when there is a region (the slide's
+    # stroma would set a lower nucleus threshold, whose masks swallow DAB-brown cytoplasm).
+    calib = np.flatnonzero(cell_tiles) if cell_tiles is not None and np.any(cell_tiles) else np.arange(len(grid_x))
+    deconvolver, nucleus_od_min, method = calibrate_slide(slide, np.asarray(grid_x)[calib], np.asarray(grid_y)[calib],
+                                                          grid_size_um, params, thumb)
+    method["calibrated_on"] = "tumour region" if len(calib) < len(grid_x) else "all tiles"
     lock = threading.Lock()
 
     def work(i: int) -> dict:
@@ -105,7 +112,7 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
             rgb = slide.read_tile(int(grid_x[i]), int(grid_y[i]), tile_px, params.quantify_mpp)
         compartment = entry["compartment"] if cell_tiles is not None and cell_tiles[i] else None
         return quantify_tile(rgb, params.quantify_mpp, params, nuclear, deconvolver, nucleus_od_min,
-                             compartment=compartment)
+                             compartment=compartment, tumour_cells=tumour_cells)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -212,7 +219,8 @@ def restrict_to_tumour(record: dict, rows: list[dict], region: dict, inside: np.
         log.warning("%s: %s", record["slide_id"], region["reason"])
         return
     record["whole_tissue"] = {k: record[k] for k in ("tissue_mm2", "counts", "metrics", "distribution", "result")}
-    tumour = summarise_rows([r for r, keep in zip(rows, inside, strict=True) if keep], entry, params)
+    tumour = summarise_rows([r for r, keep in zip(rows, inside, strict=True) if keep], per_tumour_cell_entry(entry),
+                            params)
     region["tiles"] = tumour.pop("tiles")
     record.update(tumour)
     log.info("%s: read in the tumour region (%d of %d tiles): %s", record["slide_id"], region["tiles"], len(rows),

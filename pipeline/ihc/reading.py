@@ -30,9 +30,11 @@ def marker_result(metrics: dict, entry: dict, params: IhcParams, tissue_mm2: flo
                 "reason": f"only {tissue_mm2:.3f} mm2 of tissue quantified (< {params.min_tissue_mm2:g} mm2)"}
     if value is None:
         return {**out, "call": "not_evaluable", "reason": f"{metric} undefined (no tissue or no nuclei)"}
-    if metric == "nuclei_positive_pct" and metrics.get("nuclei", 0) < params.min_nuclei:
+    counted = {"nuclei_positive_pct": "nuclei", "cells_positive_pct": "cells"}.get(metric)
+    if counted and metrics.get(counted, 0) < params.min_nuclei:
+        what = "nuclei" if counted == "nuclei" else "tumour cells"
         return {**out, "call": "equivocal",
-                "reason": f"only {metrics.get('nuclei', 0)} nuclei counted (< {params.min_nuclei}); too few to call"}
+                "reason": f"only {metrics.get(counted, 0)} {what} counted (< {params.min_nuclei}); too few to call"}
     if value >= cutoff:
         call = "positive"
         low = reading.get("low_positive_below")

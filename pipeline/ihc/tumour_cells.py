@@ -1,0 +1,59 @@
+"""Which detected cells look like tumour cells (pure numpy: label image in, boolean mask out).
+
+Inside the tumour region (:mod:`pipeline.ihc.tumour_region`) an IHC tile still holds stroma: fibroblasts,
+lymphocytes, fat and vessel cells, DAB-negative for most markers, which dilute a per-tumour-cell figure. A
+marker's cut-off is defined per tumour cell (ER >= 1 % of tumour nuclei, Ki-67 index, p16 >= 70 % of tumour
+cells), so cells are kept or set aside by their nucleus, the way a pathologist skips them by eye:
+
+* **too narrow** (minor axis below ``min_width_um``): fibroblasts, endothelial and smooth-muscle-like stromal
+  nuclei seen side on, 2-4 um wide; carcinoma and most sarcoma nuclei are 5-12 um wide;
+* **too small** (area below ``min_area_um2``): lymphocytes (5-7 um round nuclei, about 20-40 um2) and fat or
+  pyknotic nuclei; tumour nuclei are usually larger (nuclear enlargement is a criterion of malignancy).
+
+Areas and widths are those of the detected nucleus (:func:`pipeline.ihc.nuclei.detect_nuclei`: the mask is smoothed
+over ~1 um, so a drawn 6 um lymphocyte reads about 45 um2). Measured on 12 tumour-region tiles of each of four
+sample IHC slides, detected nuclei matched to the generator's drawn cells (within 4 um): 5.5 um and 55 um2 keep
+68-78 % of the detected tumour nuclei (gland, squamous, spindle), set aside 611 of 613 fibroblasts and 60 % of
+lymphocytes. Over each slide's whole tumour region the kept cells read ER 82.1 %, p40 90.6 %, desmin 85.0 % against
+85.6, 92.2 and 84.7 % of tumour cells drawn positive (keratin reads low, README). Limits: a small-cell carcinoma, a
+lymphoma or a round-cell sarcoma has tumour nuclei of lymphocyte size (set ``min_area_um2`` lower, or read those
+markers on whole tissue); two touching lymphocytes detected as one nucleus pass as a tumour cell.
+
+Public: :func:`nucleus_shapes` (area um2 and width um per label), :func:`tumour_like`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_WIDTH_UM = 5.5
+MIN_AREA_UM2 = 55.0
+
+
+def nucleus_shapes(labels: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(area um2, minor axis um) of labels 1..max (index i-1; 0 where a label has no pixel), from second moments:
+    the minor axis of the ellipse with the same second moments (as scikit-image's ``minor_axis_length``)."""
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs]
+    count = np.bincount(ids, minlength=n + 1)[1:].astype(np.float64)
+    safe = np.maximum(count, 1)
+
+    def mean(v):
+        return np.bincount(ids, weights=v, minlength=n + 1)[1:] / safe
+
+    mx, my = mean(xs.astype(np.float64)), mean(ys.astype(np.float64))
+    dx, dy = xs - mx[ids - 1], ys - my[ids - 1]
+    # + 1/12: a pixel's own second moment, so that a one-pixel-wide line has its true width
+    cxx, cyy, cxy = mean(dx * dx) + 1 / 12, mean(dy * dy) + 1 / 12, mean(dx * dy)
+    small_eig = (cxx + cyy) / 2 - np.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
+    minor = 4.0 * np.sqrt(np.maximum(small_eig, 0.0))
+    return count * mpp * mpp, np.where(count > 0, minor * mpp, 0.0)
+
+
+def tumour_like(area_um2: np.ndarray, width_um: np.ndarray, min_area_um2: float = MIN_AREA_UM2,
+                min_width_um: float = MIN_WIDTH_UM) -> np.ndarray:
+    """True for nuclei at least ``min_width_um`` wide and ``min_area_um2`` in area (see the module docstring)."""
+    return (np.asarray(width_um) >= min_width_um) & (np.asarray(area_um2) >= min_area_um2)
