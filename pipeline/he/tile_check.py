@@ -159,7 +159,7 @@ def tile_statistics(tiles: np.ndarray, params: dict | None = None) -> dict[str, 
     n, h, w, _ = tiles.shape
     sums = np.empty((n, len(_COUNTERS)), np.int64)
     n_px = len(range(0, h, _STRIDE)) * len(range(0, w, _STRIDE))  # pixels sampled per tile
-    starts = np.arange(0, n_px, _SEGMENT_PX)  # packed sums per segment of < 65,536 pixels: no field overflows
+    starts = np.arange(0, n_px, _SEGMENT_PX)  # packed sums per segment of < 4,096 pixels: no field overflows
     fine_e, coarse_e = np.empty(n), np.empty(n)
     for i in range(0, n, _CHUNK):  # a few tiles at a time: the intermediates stay in cache
         chunk = tiles[i:i + _CHUNK, ::_STRIDE, ::_STRIDE]
