@@ -35,6 +35,7 @@ def categories(data: Path, px: int, mpp: float) -> dict[str, np.ndarray]:
                                                                     mpp, px, 4)]),
         "H&E sample cohort (synthetic)": np.concatenate([tiles.slide_tiles(p, px, mpp, 16) for p in sample_he]),
         "IHC (sample cohort)": tiles.ihc_tiles(px, mpp),
+        **{f"IHC real: Ki-67 OS-2 {k}": v for k, v in tiles.real_ihc_tiles(data, px, mpp).items()},
         "photographs (skimage)": tiles.natural_images(px),
         "pen ink": tiles.pen_ink(px),
         "glass": tiles.glass(px),

@@ -19,16 +19,18 @@ def _grid(img: np.ndarray, px: int, n: int) -> list[np.ndarray]:
 
 
 def slide_tiles(path: Path, px: int, mpp: float, n: int = 24, min_tissue: float = 0.5,
-                slide_mpp: float | None = None) -> np.ndarray:
-    """Tissue tiles of a slide at ``mpp`` um/px, through the project's reader (level chosen as scoring does)."""
+                slide_mpp: float | None = None, step: float = 1.0) -> np.ndarray:
+    """Tissue tiles of a slide at ``mpp`` um/px, through the project's reader (level chosen as scoring does), on a
+    grid whose step is ``step`` tiles (below 1: overlapping tiles, for slides only a few tiles wide)."""
     from pipeline.slides.reader import open_slide
 
     with open_slide(path, mpp=slide_mpp) as slide:
         side = round(px * mpp / slide.mpp)  # level-0 px of one tile
+        stride = max(1, round(side * step))
         w, h = slide.dimensions
         out = []
-        for y in range(0, h - side, side):
-            for x in range(0, w - side, side):
+        for y in range(0, h - side, stride):
+            for x in range(0, w - side, stride):
                 tile = slide.read_tile(x, y, px, mpp)
                 grey = tile.mean(axis=2)
                 if (grey < 215).mean() >= min_tissue:
@@ -102,3 +104,10 @@ def ihc_tiles(px: int, mpp: float, n_per_slide: int = 16) -> np.ndarray:
     """Tiles of the sample cohort's IHC slides (DAB + haematoxylin)."""
     paths = sorted(p for p in (ROOT / "slides_sample").glob("*.svs") if not p.name.endswith("-HE.svs"))
     return np.concatenate([slide_tiles(p, px, mpp, n_per_slide) for p in paths])
+
+
+def real_ihc_tiles(data: Path, px: int, mpp: float) -> dict[str, np.ndarray]:
+    """Real Ki-67 IHC (DAB + haematoxylin), the same tissue from two scanners (../shared/data/slides OS-2-*): each
+    scan is 500 um square, so 2 x 2 tiles of 224 um; at half a tile's step, 9 overlapping tissue tiles each."""
+    return {scanner: slide_tiles(data / "slides" / f"OS-2-{scanner}.ome.tif", px, mpp, step=0.5)
+            for scanner in ("ndpi", "vsi")}

@@ -1,5 +1,5 @@
 """The H&E tile check (pipeline/he/tile_check.py): real H&E passes; the same tiles recoloured as DAB or stripped of
-eosin, blurred, or replaced by glass or a dark field fail, each on the check that names it."""
+eosin, blurred, or replaced by glass, a dark field or marker ink fail, each on the check that names it."""
 
 import numpy as np
 import pytest
@@ -36,9 +36,35 @@ def test_real_he_passes_and_each_counterfeit_fails_on_its_check(he_tiles):
     glass = np.full_like(he_tiles, 238)
     dark = (255 - he_tiles) // 4  # a dark field with bright structure, as a fluorescence scan looks
     for tiles, allowed in [(dab, {"colour", "no_eosin"}), (no_eosin, {"no_eosin"}), (blurred, {"blur"}),
-                           (glass, {"glass"}), (dark, {"dark", "colour", "no_eosin"})]:
+                           (glass, {"glass"}), (dark, {"dark", "colour", "no_eosin", "dense"})]:
         assert (tc.tile_check_scores(tiles) > 1.0).all()
         assert set(tc.tile_check_reasons(tiles)) <= allowed
+
+
+def test_ihc_counterstain_of_any_shade_has_no_eosin(he_tiles):
+    """Haematoxylin and DAB in any proportion, with the counterstain's shade moved along the haematoxylin-DAB plane
+    (bluer, or browner), show no eosin; real H&E does, well above the threshold."""
+    from pipeline.ihc.stain import _DAB, _H, stain_matrix
+
+    params = tc.default_params()
+    total = deconvolve(he_tiles, HED_REFERENCE).sum(axis=-1)
+    h, dab = np.asarray(_H) / np.linalg.norm(_H), np.asarray(_DAB) / np.linalg.norm(_DAB)
+    for shade in (h - 0.2 * dab, h, h + 0.3 * dab):  # bluer, reference, browner counterstain
+        for dab_share in (0.0, 0.2, 0.5, 0.8):
+            ihc = compose(total * (1 - dab_share), total * dab_share, stain_matrix(shade, _DAB))
+            assert (tc.tile_statistics(ihc, params)["eosin"] < params["min_eosin_fraction"]).all()
+            assert set(tc.tile_check_reasons(ihc)) <= {"no_eosin", "colour"}
+    assert (tc.tile_statistics(he_tiles, params)["eosin"] > 2 * params["min_eosin_fraction"]).all()
+    normal = tc.eosin_side_normal()
+    assert abs(normal @ HED_REFERENCE[0]) < 1e-6 and abs(normal @ HED_REFERENCE[2]) < 1e-6  # H and DAB on it
+    assert normal @ HED_REFERENCE[1] > np.sin(np.radians(30))  # eosin well on its side
+
+
+def test_marker_ink_is_dense():
+    """A red marker stroke lies where eosin does (inside the H&E colour region) but is far denser than a section."""
+    tile = np.full((1, 224, 224, 3), 240, np.uint8)
+    tile[0, 40:180] = (170, 30, 40)
+    assert tc.tile_check_reasons(tile) == ["dense"]
 
 
 def test_generated_sample_he_passes():
@@ -57,8 +83,8 @@ def test_generated_sample_he_passes():
 
 def test_scores_are_ratios_to_the_thresholds():
     params = tc.default_params()
-    stats = {"stained": np.array([0.5]), "off_plane": np.array([0.0]), "counterstain": np.array([0.9]),
-             "sharpness": np.array([params["min_sharpness"] / 2]), "dark": np.array([0.0])}
+    stats = {"stained": np.array([0.5]), "off_plane": np.array([0.0]), "eosin": np.array([0.9]),
+             "sharpness": np.array([params["min_sharpness"] / 2]), "dark": np.array([0.0]), "dense": np.array([0.0])}
     ratios = tc.check_ratios(stats, params)[0]
     blur = list(tc.CHECKS).index("blur")
     assert ratios[blur] == pytest.approx(2.0) and (np.delete(ratios, blur) < 1).all()
@@ -86,5 +112,5 @@ def test_large_tiles_count_like_their_quarters():
     rng = np.random.default_rng(0)
     quarters = rng.integers(60, 200, (4, 256, 256, 3), dtype=np.uint8)
     whole = np.concatenate([np.concatenate(quarters[:2], axis=1), np.concatenate(quarters[2:], axis=1)])[None]
-    for key in ("stained", "off_plane", "counterstain", "dark"):
+    for key in ("stained", "off_plane", "eosin", "dark", "dense"):
         assert tc.tile_statistics(whole)[key][0] == pytest.approx(tc.tile_statistics(quarters)[key].mean())

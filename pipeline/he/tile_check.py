@@ -2,7 +2,7 @@
 
 The tile classifier's out-of-distribution score (a feature distance, :mod:`pipeline.he.models`) misses much of
 what is not H&E tissue: a grey or small model does not see DAB brown, and blur or ink can land near its training
-features. This check reads five statistics of each RGB tile at the model's um/px, each against a threshold set on
+features. This check reads six statistics of each RGB tile at the model's um/px, each against a threshold set on
 real H&E only (config section ``tile_check``; calibrated by :mod:`pipeline.training.tile_check_calibration`, see
 docs/model_selection.md):
 
@@ -14,21 +14,26 @@ docs/model_selection.md):
   and their mixtures), or in the plane beyond ``hue_range_deg`` (in-plane angle from haematoxylin towards
   eosin). DAB brown (29 degrees off), grey and black (20 degrees off), ink bluer than haematoxylin and a
   photograph's arbitrary colours leave it. Flagged above ``max_off_plane_fraction``.
-* ``counterstain``: among stained pixels, the fraction that is neither off the plane nor within
-  ``haematoxylin_deg`` of the reference haematoxylin vector (:data:`pipeline.ihc.stain.HDAB_REFERENCE`): the eosin
-  a real H&E always shows somewhere. An IHC tile without DAB is haematoxylin alone. Flagged below
-  ``min_counterstain_fraction``.
+* ``eosin``: among stained pixels, the fraction more than ``eosin_deg`` degrees on eosin's side of the plane
+  through the reference haematoxylin and DAB vectors (:data:`pipeline.ihc.stain.HDAB_REFERENCE`): the eosin a
+  real H&E always shows somewhere, whatever its haematoxylin's shade. An IHC tile's colours are haematoxylin, DAB
+  and their mixtures, all on that plane (or on the far side: a bluer counterstain), so a DAB-positive tile, a
+  DAB-negative one and one whose counterstain is shifted along the plane all read near 0. Flagged below
+  ``min_eosin_fraction``.
 * ``sharpness``: Laplacian energy of the summed OD at 4 px over that at 8 px (both on block means). In focus,
   tissue has structure at both scales; a tile blurred by 8 um has almost none at the finer one. Flagged below
   ``min_sharpness``.
 * ``dark``: the fraction of pixels darker than ``dark_max_rgb`` in every channel: brightfield tissue is never
   that dark over an area, a fluorescence scan's background is. Flagged above ``max_dark_fraction``.
+* ``dense``: among stained pixels, the fraction whose OD vector is longer than ``dense_od_min`` (a definition:
+  as dense as a dark nucleus). A thin section is that dense in nuclei and in spots; marker ink (or a fold) over
+  most of its stained area. Flagged above ``max_dense_fraction``.
 
 :func:`tile_check_scores` turns them into one score per tile, scaled like the model's (> 1 = not H&E tissue): the
-largest of the five ratios to their thresholds (``threshold / value`` for the "at least" checks, ``value /
+largest of the six ratios to their thresholds (``threshold / value`` for the "at least" checks, ``value /
 threshold`` for the "at most" ones); :func:`tile_check_reasons` names the check that decided. Public:
 :func:`default_params`, :func:`tile_statistics`, :func:`check_ratios`, :func:`tile_check_scores`,
-:func:`tile_check_reasons`, :func:`plane_axes`, :data:`OD_LUT`, :data:`CHECKS`.
+:func:`tile_check_reasons`, :func:`plane_axes`, :func:`eosin_side_normal`, :data:`OD_LUT`, :data:`CHECKS`.
 """
 
 from __future__ import annotations
@@ -37,28 +42,30 @@ import functools
 
 import numpy as np
 
-from pipeline.ihc.stain import _E, _H, _unit
+from pipeline.ihc.stain import _DAB, _E, _H, _unit
 
 # name -> (statistic, threshold key, "min" = flagged below the threshold / "max" = flagged above it)
 CHECKS = {
     "glass": ("stained", "min_stained_fraction", "min"),
     "colour": ("off_plane", "max_off_plane_fraction", "max"),
-    "no_eosin": ("counterstain", "min_counterstain_fraction", "min"),
+    "no_eosin": ("eosin", "min_eosin_fraction", "min"),
     "blur": ("sharpness", "min_sharpness", "min"),
     "dark": ("dark", "max_dark_fraction", "max"),
+    "dense": ("dense", "max_dense_fraction", "max"),
 }
 _CHUNK = 8
 # Every second pixel in each direction, at a quarter of the cost: the pixel fractions move by at most 0.02 on the
 # 885 real calibration tiles; the sharpness ratio (of 4 and 8 px block means of the sampled pixels) is another
 # number than on all pixels, and its threshold was calibrated on this sampling.
 _STRIDE = 2
-# Pixel class code (bits: 1 stained, 2 outside the H&E colour region, 4 haematoxylin alone, 8 dark) -> four
-# 16-bit counters packed in one int64 (stained | stained & outside | stained, inside, not haematoxylin alone | dark),
-# so one sum counts all four (over segments of fewer than 65,536 pixels: a 224 px tile is one segment).
-_CODES = np.arange(16)
-_PACKED = (((_CODES & 1) > 0) * 1 + ((_CODES & 3) == 3) * (1 << 16) + ((_CODES & 7) == 1) * (1 << 32)
-           + ((_CODES & 8) > 0) * (1 << 48)).astype(np.int64)
-_SEGMENT_PX = (1 << 16) - 1
+# Pixel class code (bits: 1 stained, 2 outside the H&E colour region, 4 eosin side, 8 dark, 16 dense) -> five
+# 12-bit counters packed in one int64 (stained | stained & outside | stained & eosin side | dark | dense), so one
+# sum counts all five (over segments of fewer than 4,096 pixels: a 224 px tile at stride 2 is four segments).
+_CODES = np.arange(32)
+_COUNTERS = [(_CODES & 1) > 0, (_CODES & 3) == 3, (_CODES & 5) == 5, (_CODES & 8) > 0, (_CODES & 17) == 17]
+_BITS = 12
+_PACKED = sum(c.astype(np.int64) << (_BITS * k) for k, c in enumerate(_COUNTERS))
+_SEGMENT_PX = (1 << _BITS) - 1
 _FLOOR = 1e-6  # a "min" statistic of 0 gives threshold / 1e-6, far above 1 (finite: float32-safe after clipping)
 SCORE_MAX = 1e3
 # OD of a uint8 channel value against white 255 (the +1 keeps log finite), as a lookup table.
@@ -83,6 +90,14 @@ def plane_axes(plane_normal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return normal.astype(np.float32), h_dir.astype(np.float32), e_dir.astype(np.float32)
 
 
+def eosin_side_normal() -> np.ndarray:
+    """Unit normal (float32) of the plane through the reference haematoxylin and DAB vectors, oriented towards the
+    reference eosin (39 degrees on that side): a colour's angle to this plane says how much eosin it holds beyond
+    what any mixture of haematoxylin and DAB can show."""
+    normal = _unit(np.cross(_unit(_H), _unit(_DAB)))
+    return (normal if normal @ _unit(_E) > 0 else -normal).astype(np.float32)
+
+
 def _check_tiles(tiles: np.ndarray) -> None:
     if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 RGB tiles, got {tiles.shape} {tiles.dtype}")
@@ -104,8 +119,9 @@ def _laplacian_energy(img: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def _colour_tables(key: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(pixel class code, summed OD) for every colour at 7 bits per channel (2 M entries, built once per
-    parameter set): code bit 1 = stained, 2 = outside the H&E colour region, 4 = haematoxylin alone, 8 = dark."""
-    od_min, normal, hue_lo, hue_hi, off_deg, h_deg, dark_max = key
+    parameter set): code bit 1 = stained, 2 = outside the H&E colour region, 4 = eosin side, 8 = dark, 16 =
+    dense."""
+    od_min, normal, hue_lo, hue_hi, off_deg, eosin_deg, dark_max, dense_min = key
     normal, h_dir, e_dir = plane_axes(normal)
     levels = np.arange(0, 256, 2, dtype=np.float32) + 0.5  # the centre of each 7-bit bin
     od1 = -np.log10((levels + 1.0) / 256.0)
@@ -120,16 +136,16 @@ def _colour_tables(key: tuple) -> tuple[np.ndarray, np.ndarray]:
     off = ((np.abs(dot(normal)) > np.float32(np.sin(np.radians(off_deg))) * norm)
            | (bb * np.float32(np.cos(lo)) - a * np.float32(np.sin(lo)) < 0)
            | (a * np.float32(np.sin(hi)) - bb * np.float32(np.cos(hi)) < 0))
-    near_h = dot(_unit(_H).astype(np.float32)) >= np.float32(np.cos(np.radians(h_deg))) * norm
+    eosin = dot(eosin_side_normal()) > np.float32(np.sin(np.radians(eosin_deg))) * norm
     dk = levels < dark_max
     dark = dk[:, None, None] & dk[None, :, None] & dk[None, None, :]
-    code = ((norm >= od_min).astype(np.uint8) | (off.astype(np.uint8) << 1) | (near_h.astype(np.uint8) << 2)
-            | (dark.astype(np.uint8) << 3))
+    code = ((norm >= od_min).astype(np.uint8) | (off.astype(np.uint8) << 1) | (eosin.astype(np.uint8) << 2)
+            | (dark.astype(np.uint8) << 3) | ((norm > dense_min).astype(np.uint8) << 4))
     return code.ravel(), (r + g + b).ravel()
 
 
 def tile_statistics(tiles: np.ndarray, params: dict | None = None) -> dict[str, np.ndarray]:
-    """The five statistics (float64 arrays of length N) of ``(N, H, W, 3)`` uint8 RGB tiles; see the module.
+    """The six statistics (float64 arrays of length N) of ``(N, H, W, 3)`` uint8 RGB tiles; see the module.
 
     Every second pixel in each direction is classified through a table of every colour at 7 bits per channel (OD
     error <= 0.004): one lookup per pixel, so the check costs a fraction of the model's time.
@@ -138,11 +154,12 @@ def tile_statistics(tiles: np.ndarray, params: dict | None = None) -> dict[str, 
     p = default_params() if params is None else params
     code_table, od_table = _colour_tables((float(p["stained_od_min"]), tuple(float(v) for v in p["plane_normal"]),
                                            *(float(v) for v in p["hue_range_deg"]), float(p["off_plane_deg"]),
-                                           float(p["haematoxylin_deg"]), float(p["dark_max_rgb"])))
+                                           float(p["eosin_deg"]), float(p["dark_max_rgb"]),
+                                           float(p["dense_od_min"])))
     n, h, w, _ = tiles.shape
-    sums = np.empty((n, 4), np.int64)
+    sums = np.empty((n, len(_COUNTERS)), np.int64)
     n_px = len(range(0, h, _STRIDE)) * len(range(0, w, _STRIDE))  # pixels sampled per tile
-    starts = np.arange(0, n_px, _SEGMENT_PX)  # packed sums per segment of < 65,536 pixels: no field overflows
+    starts = np.arange(0, n_px, _SEGMENT_PX)  # packed sums per segment of < 4,096 pixels: no field overflows
     fine_e, coarse_e = np.empty(n), np.empty(n)
     for i in range(0, n, _CHUNK):  # a few tiles at a time: the intermediates stay in cache
         chunk = tiles[i:i + _CHUNK, ::_STRIDE, ::_STRIDE]
@@ -157,15 +174,15 @@ def tile_statistics(tiles: np.ndarray, params: dict | None = None) -> dict[str, 
         fine = _block_mean(od_table[index], 4 // _STRIDE)
         fine_e[i:i + len(chunk)] = _laplacian_energy(fine)
         coarse_e[i:i + len(chunk)] = _laplacian_energy(_block_mean(fine, 2))
-    stained, off, counter, dark = (sums[:, k].astype(np.float64) for k in range(4))
+    stained, off, eosin, dark, dense = (sums[:, k].astype(np.float64) for k in range(len(_COUNTERS)))
     per_stained = np.maximum(stained, 1.0)
-    return {"stained": stained / n_px, "off_plane": off / per_stained, "counterstain": counter / per_stained,
-            "sharpness": fine_e / np.maximum(coarse_e, 1e-9), "dark": dark / n_px}
+    return {"stained": stained / n_px, "off_plane": off / per_stained, "eosin": eosin / per_stained,
+            "sharpness": fine_e / np.maximum(coarse_e, 1e-9), "dark": dark / n_px, "dense": dense / per_stained}
 
 
 def _unpack(packed: np.ndarray) -> np.ndarray:
-    """Sums of :data:`_PACKED` -> counts in a new last axis of 4: stained, outside the region, counterstain, dark."""
-    return np.stack([(packed >> (16 * k)) & 0xFFFF for k in range(4)], axis=-1)
+    """Sums of :data:`_PACKED` -> counts in a new last axis: stained, outside the region, eosin side, dark, dense."""
+    return np.stack([(packed >> (_BITS * k)) & _SEGMENT_PX for k in range(len(_COUNTERS))], axis=-1)
 
 
 def check_ratios(stats: dict[str, np.ndarray], params: dict) -> np.ndarray:
@@ -178,7 +195,7 @@ def check_ratios(stats: dict[str, np.ndarray], params: dict) -> np.ndarray:
 
 
 def tile_check_scores(tiles: np.ndarray, params: dict | None = None) -> np.ndarray:
-    """Score per tile (float32, > 1 = not H&E tissue): the worst of the five checks' ratios to their thresholds."""
+    """Score per tile (float32, > 1 = not H&E tissue): the worst of the six checks' ratios to their thresholds."""
     p = default_params() if params is None else params
     return check_ratios(tile_statistics(tiles, p), p).max(axis=1).astype(np.float32)
 

@@ -30,12 +30,15 @@ from pipeline.he.tile_check import CHECKS, OD_LUT, check_ratios, default_params,
 # Scales of the sources that state none (the same evidence as TRAIN_ASSUME_MPP in pipeline/rules/training.smk).
 ASSUME_MPP = {"monuseg": 0.25, "ucsb": 0.33, "oral-scc-guan": 0.4, "_100x": 1.0, "_400x": 0.25,
               "Osteosarcoma": 1.0, "Komura": 0.5, "TCGA-COAD": 0.5}
-# Definitions (not fitted): stained = OD vector at least this long (as the IHC stain check); haematoxylin alone =
-# within this angle of the reference haematoxylin vector; dark = every channel below this (near black: OD > 1 in
-# every channel, darker than brightfield stain over an area); glass = fewer stained
-# pixels than this fraction (real H&E tissue tiles, fat included, have >= 4 %; the real crops below 2 % are
-# blank glass, viewed: the glass check cannot be calibrated on sources whose crops include glass).
-DEFINITIONS = {"stained_od_min": 0.15, "haematoxylin_deg": 5.0, "dark_max_rgb": 25, "min_stained_fraction": 0.02}
+# Definitions (not fitted): stained = OD vector at least this long (as the IHC stain check); eosin = more than
+# this angle on eosin's side of the plane of the reference haematoxylin and DAB vectors (a few degrees: JPEG and
+# scanner noise move a pixel's colour direction by about that much); dark = every channel below this (near black:
+# OD > 1 in every channel, darker than brightfield stain over an area); dense = OD vector longer than this (as dark
+# as a dark nucleus); glass = fewer stained pixels than this fraction (real H&E tissue tiles, fat included, have
+# >= 4 %; the real crops below 2 % are blank glass, viewed: the glass check cannot be calibrated on sources whose
+# crops include glass).
+DEFINITIONS = {"stained_od_min": 0.15, "eosin_deg": 4.0, "dark_max_rgb": 25, "dense_od_min": 1.0,
+               "min_stained_fraction": 0.02}
 FRACTION_MARGIN = 0.05
 
 
