@@ -42,6 +42,8 @@ def test_ihc_results_match_what_was_drawn(cohort_run, slide):
         drawn = float(truth["drawn_tumour_positive_pct"])
         pct = ihc["metrics"]["cells_positive_pct"]
         assert result["metric"] == "cells_positive_pct" and ihc["metrics"]["cells_set_aside"] > 0, (slide, result)
+        cells = json.loads((cohort_run / "results" / "slides" / slide / "cells.geojson").read_text())["features"]
+        assert len(cells) == ihc["metrics"]["cells"] + ihc["metrics"]["cells_set_aside"], slide  # QuPath detections
         if truth["stain"] != "CK_AE1AE3":
             assert abs(pct - drawn) <= 5, (slide, pct, drawn)
         else:  # known limit (README): keratin reads low on the squamous case (B-CK 66 % of 97 % drawn)

@@ -48,7 +48,7 @@ import numpy as np
 
 from pipeline.ihc.nuclei import nucleus_classes, nucleus_means
 from pipeline.ihc.stain import intensity_classes
-from pipeline.ihc.tumour_cells import nucleus_shapes, tumour_like
+from pipeline.ihc.tumour_cells import nucleus_geometry, tumour_like
 
 COMPARTMENTS = ("nuclear", "cytoplasmic", "membranous", "nuclear_cytoplasmic")
 CELL_COUNT_COLUMNS = ("cells", "cells_1plus", "cells_2plus", "cells_3plus",
@@ -220,6 +220,53 @@ def membrane_classes(m: CellMeasurements, thresholds=(0.2, 0.4, 0.6), complete_m
     return out
 
 
+def cell_table(labels: np.ndarray, h_od: np.ndarray, dab_od: np.ndarray, mpp: float, compartment: str,
+               thresholds=(0.2, 0.4, 0.6), dab_fraction_min: float = 0.35, dab_od_min: float = 0.05,
+               cytoplasm_um: float = CYTOPLASM_UM, membrane_um: float = MEMBRANE_UM,
+               tumour_cells: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """One row per nucleus of ``labels`` (in label order): its geometry (:func:`pipeline.ihc.tumour_cells
+    .nucleus_geometry`: ``cx_px``, ``cy_px``, ``area_um2``, ``width_um``, ``length_um``, ``angle_rad``), the mean
+    DAB OD of its nucleus and (grown cells) its cytoplasm ring, its DAB class 0-3 in ``compartment``, its HER2-style
+    research class (membranous; else -1) and ``tumour_like`` (all True without ``tumour_cells`` = (min nucleus area
+    um2, min width um), :mod:`pipeline.ihc.tumour_cells`). Every nucleus takes its share of space when cells are
+    grown, tumour-like or not."""
+    if compartment not in COMPARTMENTS:
+        raise ValueError(f"compartment must be one of {COMPARTMENTS}, got {compartment!r}")
+    labels = np.asarray(labels, np.int32)
+    present = np.bincount(labels.ravel())[1:] > 0 if labels.size else np.zeros(0, bool)
+    g = nucleus_geometry(labels, mpp)
+    table = {k: getattr(g, k)[present] for k in ("cx_px", "cy_px", "area_um2", "width_um", "length_um", "angle_rad")}
+    n = int(present.sum())
+    table["tumour_like"] = (tumour_like(table["area_um2"], table["width_um"], *tumour_cells)
+                            if tumour_cells is not None else np.ones(n, bool))
+    if compartment == "nuclear":  # the cells' class is their nucleus's: no need to grow them
+        h_mean, dab_mean = nucleus_means(labels, h_od, dab_od)
+        table.update(nucleus_dab=dab_mean, ring_dab=np.full(n, np.nan), her2_class=np.full(n, -1, np.int8),
+                     dab_class=nucleus_classes(h_mean, dab_mean, thresholds, dab_fraction_min, dab_od_min))
+        return table
+    membranous = compartment == "membranous"
+    comp = cells_from_nuclei(labels, mpp, cytoplasm_um, membrane_um if membranous else None)
+    m = measure_cells(comp, h_od, dab_od, thresholds[0], membrane=membranous)
+    table.update(nucleus_dab=m.nucleus_dab, ring_dab=m.ring_dab,
+                 dab_class=cell_classes(m, compartment, thresholds, dab_fraction_min, dab_od_min),
+                 her2_class=(membrane_classes(m, thresholds).astype(np.int8) if membranous
+                             else np.full(n, -1, np.int8)))
+    return table
+
+
+def counts_from_table(table: dict[str, np.ndarray]) -> dict:
+    """Counts of :data:`CELL_COUNT_COLUMNS` from a :func:`cell_table`: tumour-like cells per DAB class and per
+    HER2-style class (0 where the compartment has none); the others in ``cells_set_aside``."""
+    keep = table["tumour_like"]
+    per_class = np.bincount(table["dab_class"][keep], minlength=4)
+    her2 = np.bincount(np.maximum(table["her2_class"][keep], 0), minlength=4)
+    if not (table["her2_class"] >= 0).any():
+        her2 = np.zeros(4, int)
+    return {"cells": int(keep.sum()), "cells_1plus": int(per_class[1]), "cells_2plus": int(per_class[2]),
+            "cells_3plus": int(per_class[3]), **{f"membrane_{k}": int(her2[k]) for k in range(4)},
+            "cells_set_aside": int((~keep).sum())}
+
+
 def cell_counts(labels: np.ndarray, h_od: np.ndarray, dab_od: np.ndarray, mpp: float, compartment: str,
                 thresholds=(0.2, 0.4, 0.6), dab_fraction_min: float = 0.35, dab_od_min: float = 0.05,
                 cytoplasm_um: float = CYTOPLASM_UM, membrane_um: float = MEMBRANE_UM,
@@ -228,31 +275,9 @@ def cell_counts(labels: np.ndarray, h_od: np.ndarray, dab_od: np.ndarray, mpp: f
     for membranous markers also cells per HER2-style research class (``membrane_0`` .. ``membrane_3``, else 0).
 
     ``tumour_cells`` = (min nucleus area um2, min nucleus width um) counts only the cells whose nucleus looks like
-    a tumour cell's (:mod:`pipeline.ihc.tumour_cells`); the others are counted in ``cells_set_aside`` (they still
-    take their share of space when cells are grown)."""
-    if compartment not in COMPARTMENTS:
-        raise ValueError(f"compartment must be one of {COMPARTMENTS}, got {compartment!r}")
-    labels = np.asarray(labels, np.int32)
-    present = np.bincount(labels.ravel())[1:] > 0 if labels.size else np.zeros(0, bool)
-    keep = np.ones(int(present.sum()), bool)
-    if tumour_cells is not None:
-        area, width = nucleus_shapes(labels, mpp)
-        keep = tumour_like(area[present], width[present], *tumour_cells)
-    set_aside = int((~keep).sum())
-    if compartment == "nuclear":  # the cells' class is their nucleus's: no need to grow them
-        classes = nucleus_classes(*nucleus_means(labels, h_od, dab_od), thresholds, dab_fraction_min, dab_od_min)
-        per_class = np.bincount(classes[keep], minlength=4)
-        return {"cells": int(per_class.sum()), "cells_1plus": int(per_class[1]), "cells_2plus": int(per_class[2]),
-                "cells_3plus": int(per_class[3]), **dict.fromkeys(CELL_COUNT_COLUMNS[4:8], 0),
-                "cells_set_aside": set_aside}
-    membranous = compartment == "membranous"
-    comp = cells_from_nuclei(labels, mpp, cytoplasm_um, membrane_um if membranous else None)
-    m = measure_cells(comp, h_od, dab_od, thresholds[0], membrane=membranous)
-    per_class = np.bincount(cell_classes(m, compartment, thresholds, dab_fraction_min, dab_od_min)[keep], minlength=4)
-    her2 = np.bincount(membrane_classes(m, thresholds)[keep], minlength=4) if membranous else np.zeros(4, int)
-    return {"cells": int(keep.sum()), "cells_1plus": int(per_class[1]), "cells_2plus": int(per_class[2]),
-            "cells_3plus": int(per_class[3]), **{f"membrane_{k}": int(her2[k]) for k in range(4)},
-            "cells_set_aside": set_aside}
+    a tumour cell's (:mod:`pipeline.ihc.tumour_cells`); the others are counted in ``cells_set_aside``."""
+    return counts_from_table(cell_table(labels, h_od, dab_od, mpp, compartment, thresholds, dab_fraction_min,
+                                        dab_od_min, cytoplasm_um, membrane_um, tumour_cells))
 
 
 def empty_counts() -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.ihc.cells import CELL_COUNT_COLUMNS, cell_counts, cell_metrics, empty_counts
+from pipeline.ihc.cells import CELL_COUNT_COLUMNS, cell_metrics, cell_table, counts_from_table, empty_counts
 from pipeline.ihc.nuclei import detect_nuclei, estimate_nucleus_threshold, nucleus_counts
 from pipeline.ihc.params import IhcParams
 from pipeline.ihc.stain import Deconvolver, intensity_classes
@@ -72,7 +72,7 @@ def _detect(h: np.ndarray, dab: np.ndarray, mpp: float, params: IhcParams, nucle
 def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
                   deconvolver: Deconvolver | None = None, nucleus_od_min: float | None = None,
                   return_images: bool = False, nuclei_include_dab: bool = True, compartment: str | None = None,
-                  tumour_cells: tuple[float, float] | None = None):
+                  tumour_cells: tuple[float, float] | None = None, return_cells: bool = False):
     """Counts for one RGB tile at ``mpp`` um/px (see COUNT_COLUMNS); with ``return_images`` also the maps.
 
     ``nucleus_od_min`` is the slide's calibrated threshold; None uses the configured number, or with
@@ -83,13 +83,14 @@ def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
     (:func:`pipeline.ihc.cells.cell_counts`; None: those counts are 0). Cells of a nuclear marker are its nuclei;
     the other compartments grow cells from nuclei found on haematoxylin alone (DAB outside the nucleus would
     merge neighbours). The pixel and nucleus counts do not depend on ``compartment``. ``tumour_cells`` (min nucleus
-    area um2, min width um) counts only tumour-like cells (:mod:`pipeline.ihc.tumour_cells`).
+    area um2, min width um) counts only tumour-like cells (:mod:`pipeline.ihc.tumour_cells`). ``return_cells``
+    returns ``(counts, cells)``: the :func:`pipeline.ihc.cells.cell_table` of the tile (None without a compartment).
     """
     deconvolver = deconvolver or Deconvolver()
     h, dab, od = deconvolver(rgb)
     tissue = tissue_pixels(od, mpp, params.tissue_od_min, params.tissue_sigma_um, params.tissue_max_hole_um2)
     counts = pixel_counts(h, dab, tissue, params.dab_od_thresholds)
-    labels = cell_labels = None
+    labels = cell_labels = cells = None
     if nuclear:
         labels = _detect(h, dab, mpp, params, nucleus_od_min, nuclei_include_dab)
         counts.update(nucleus_counts(labels, h, dab, params.dab_od_thresholds, params.nucleus_dab_fraction_min,
@@ -102,9 +103,11 @@ def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
         reuse = compartment == "nuclear" and labels is not None and nuclei_include_dab
         cell_labels = labels if reuse else _detect(h, dab, mpp, params, nucleus_od_min,
                                                     compartment == "nuclear")
-        counts.update(cell_counts(cell_labels, h, dab, mpp, compartment, params.dab_od_thresholds,
-                                  params.nucleus_dab_fraction_min, params.nucleus_dab_od_min,
-                                  tumour_cells=tumour_cells))
+        cells = cell_table(cell_labels, h, dab, mpp, compartment, params.dab_od_thresholds,
+                           params.nucleus_dab_fraction_min, params.nucleus_dab_od_min, tumour_cells=tumour_cells)
+        counts.update(counts_from_table(cells))
+    if return_cells:
+        return counts, cells
     if return_images:
         return counts, {"h": h, "dab": dab, "tissue": tissue, "labels": labels, "cell_nuclei": cell_labels}
     return counts

@@ -82,12 +82,13 @@ def calibrate_slide(slide, grid_x, grid_y, grid_size_um: float, params: IhcParam
 
 
 def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: float, entry: dict,
-                 params: IhcParams, threads: int = 1, thumb=None, cell_tiles: np.ndarray | None = None
-                 ) -> tuple[list[dict], dict]:
+                 params: IhcParams, threads: int = 1, thumb=None, cell_tiles: np.ndarray | None = None,
+                 cells_out: list | None = None) -> tuple[list[dict], dict]:
     """Quantify every grid tile of an open slide; returns (per-tile rows, slide summary).
 
     Tiles flagged in ``cell_tiles`` (the tumour region) are also scored cell by cell in the marker's compartment
-    (:mod:`pipeline.ihc.cells`); the others by pixels and nuclei only.
+    (:mod:`pipeline.ihc.cells`); the others by pixels and nuclei only. A ``cells_out`` list receives each such
+    tile's :func:`~pipeline.ihc.cells.cell_table` with the nucleus centroids in level-0 px (``x0``, ``y0``).
 
     Each grid tile (top-left ``grid_x[i], grid_y[i]`` level-0 px, side ``grid_size_um``) is read once at
     ``params.quantify_mpp`` (same physical area, more pixels). Reads are serialised by a lock (the reader's
@@ -104,15 +105,22 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
     calib = np.flatnonzero(cell_tiles) if cell_tiles is not None and np.any(cell_tiles) else np.arange(len(grid_x))
     deconvolver, nucleus_od_min, method = calibrate_slide(slide, np.asarray(grid_x)[calib], np.asarray(grid_y)[calib],
                                                           grid_size_um, params, thumb)
-    method["calibrated_on"] = "tumour region" if len(calib) < len(grid_x) else "all tiles"
+    method["calibrated_on"] = "tumour region" if cell_tiles is not None and np.any(cell_tiles) else "all tiles"
+    level0_per_px = grid_size_um / slide.mpp / tile_px  # a read pixel's side in level-0 px
     lock = threading.Lock()
 
     def work(i: int) -> dict:
         with lock:
             rgb = slide.read_tile(int(grid_x[i]), int(grid_y[i]), tile_px, params.quantify_mpp)
         compartment = entry["compartment"] if cell_tiles is not None and cell_tiles[i] else None
-        return quantify_tile(rgb, params.quantify_mpp, params, nuclear, deconvolver, nucleus_od_min,
-                             compartment=compartment, tumour_cells=tumour_cells)
+        counts, cells = quantify_tile(rgb, params.quantify_mpp, params, nuclear, deconvolver, nucleus_od_min,
+                                      compartment=compartment, tumour_cells=tumour_cells, return_cells=True)
+        if cells is not None and cells_out is not None:
+            cells["x0"] = grid_x[i] + (cells["cx_px"] + 0.5) * level0_per_px
+            cells["y0"] = grid_y[i] + (cells["cy_px"] + 0.5) * level0_per_px
+            with lock:
+                cells_out.append((i, cells))
+        return counts
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -153,6 +161,8 @@ def configure_parser(parser) -> None:
                              "is then read in the tumour region; without it, over the whole tissue (flagged)")
     parser.add_argument("--he-tiles", default=None, help="the H&E slide's tiles.parquet (with --registration)")
     parser.add_argument("--he-scores", default=None, help="the H&E slide's scores.parquet (with --registration)")
+    parser.add_argument("--out-cells", default=None,
+                        help="cells.geojson to write: the cells scored in the tumour region as QuPath detections")
 
 
 def run(args) -> None:
@@ -246,6 +256,8 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
         "params": _params_record(params), "warnings": [], "disclaimer": DISCLAIMER,
     }
     rows: list[dict] = []
+    cell_tables: list = []
+    level0_mpp = None
     meta = {"slide_id": slide_id, "marker": args.marker, "quantify_mpp": params.quantify_mpp,
             "grid_target_mpp": target_mpp, "grid_tile_px": tile_px}
     failure = None
@@ -270,7 +282,8 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
                                          config["slide_call"]["tumour_prob_min"])
                 inside = region.pop("in_region")
                 rows, summary = quantify_ihc(slide, grid.x, grid.y, grid_size_um, entry, params, args.threads, thumb,
-                                             cell_tiles=inside)
+                                             cell_tiles=inside, cells_out=cell_tables)
+                level0_mpp = slide.mpp
                 record.update(summary)
                 restrict_to_tumour(record, rows, region, inside, params, entry)
                 if args.contact_sheet and rows:
@@ -299,10 +312,28 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
             record["warnings"].append(f"negative without visible internal control ({ic['expected']}): "
                                       "a technical failure cannot be excluded")
     meta["status"] = record["status"]
+    if args.out_cells:
+        write_cells(args.out_cells, slide_id, cell_tables, level0_mpp, record)
     write_tiles(args.out_tiles, rows, meta)
     atomic.write_json(args.out, record)
     res = record["result"]
     log.info("%s %s: %s (%s = %s)", slide_id, args.marker, res["call"], res.get("metric"), res.get("value"))
+
+
+def write_cells(path, slide_id: str, cell_tables: list, level0_mpp: float | None, record: dict) -> None:
+    """cells.geojson: the cells scored in the tumour region as QuPath detections (empty, saying why, otherwise)."""
+    from pipeline.outputs.cell_geojson import write_cells_geojson
+
+    region = record.get("region") or {}
+    if record.get("status") == "failed":
+        note = f"no cells: {record.get('reason')}"
+    elif not region.get("restricted_to_tumour"):
+        note = f"no cells: {region.get('reason', 'not read in a tumour region')}"
+    else:
+        note = f"cells of the {region.get('tiles')} tumour-region tiles; {region.get('reason')}"
+    tables = [t for _, t in sorted(cell_tables, key=lambda it: it[0])]
+    n = write_cells_geojson(path, slide_id, tables, level0_mpp or 1.0, note)
+    log.info("%s: %d cells written to %s", slide_id, n, path)
 
 
 def _params_record(params: IhcParams) -> dict:

@@ -19,10 +19,13 @@ lymphocytes. Over each slide's whole tumour region the kept cells read ER 82.1 %
 lymphoma or a round-cell sarcoma has tumour nuclei of lymphocyte size (set ``min_area_um2`` lower, or read those
 markers on whole tissue); two touching lymphocytes detected as one nucleus pass as a tumour cell.
 
-Public: :func:`nucleus_shapes` (area um2 and width um per label), :func:`tumour_like`.
+Public: :func:`nucleus_geometry` (centroid, area, axes, orientation per label), :func:`nucleus_shapes` (area and
+width), :func:`tumour_like`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,12 +33,26 @@ MIN_WIDTH_UM = 5.5
 MIN_AREA_UM2 = 55.0
 
 
-def nucleus_shapes(labels: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
-    """(area um2, minor axis um) of labels 1..max (index i-1; 0 where a label has no pixel), from second moments:
-    the minor axis of the ellipse with the same second moments (as scikit-image's ``minor_axis_length``)."""
+@dataclass(frozen=True)
+class NucleusGeometry:
+    """Per label 1..max (index i-1; zeros where a label has no pixel): centroid (px), area (um2), the axes of the
+    ellipse with the same second moments (um; as scikit-image's ``*_axis_length``) and its orientation (radians,
+    of the major axis from the x axis, y down)."""
+
+    cx_px: np.ndarray
+    cy_px: np.ndarray
+    area_um2: np.ndarray
+    width_um: np.ndarray
+    length_um: np.ndarray
+    angle_rad: np.ndarray
+
+
+def nucleus_geometry(labels: np.ndarray, mpp: float) -> NucleusGeometry:
+    """:class:`NucleusGeometry` of a label image at ``mpp`` um/px, from pixel moments (one pass, no Python loop)."""
     n = int(labels.max()) if labels.size else 0
     if n == 0:
-        return np.zeros(0), np.zeros(0)
+        empty = np.zeros(0)
+        return NucleusGeometry(empty, empty, empty, empty, empty, empty)
     ys, xs = np.nonzero(labels)
     ids = labels[ys, xs]
     count = np.bincount(ids, minlength=n + 1)[1:].astype(np.float64)
@@ -48,9 +65,18 @@ def nucleus_shapes(labels: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarr
     dx, dy = xs - mx[ids - 1], ys - my[ids - 1]
     # + 1/12: a pixel's own second moment, so that a one-pixel-wide line has its true width
     cxx, cyy, cxy = mean(dx * dx) + 1 / 12, mean(dy * dy) + 1 / 12, mean(dx * dy)
-    small_eig = (cxx + cyy) / 2 - np.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
-    minor = 4.0 * np.sqrt(np.maximum(small_eig, 0.0))
-    return count * mpp * mpp, np.where(count > 0, minor * mpp, 0.0)
+    half_diff = np.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
+    small, large = (cxx + cyy) / 2 - half_diff, (cxx + cyy) / 2 + half_diff
+    has = count > 0
+    return NucleusGeometry(mx, my, count * mpp * mpp, np.where(has, 4.0 * np.sqrt(np.maximum(small, 0)) * mpp, 0.0),
+                           np.where(has, 4.0 * np.sqrt(np.maximum(large, 0)) * mpp, 0.0),
+                           0.5 * np.arctan2(2 * cxy, cxx - cyy))
+
+
+def nucleus_shapes(labels: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(area um2, minor axis um) of labels 1..max (see :func:`nucleus_geometry`)."""
+    g = nucleus_geometry(labels, mpp)
+    return g.area_um2, g.width_um
 
 
 def tumour_like(area_um2: np.ndarray, width_um: np.ndarray, min_area_um2: float = MIN_AREA_UM2,

@@ -49,6 +49,7 @@ rule quantify_ihc:
     output:
         tiles=f"{RESULTS}/slides/{{slide}}/ihc.parquet",
         ihc=f"{RESULTS}/slides/{{slide}}/ihc.json",
+        cells=f"{RESULTS}/slides/{{slide}}/cells.geojson",
     params:
         pipeline=PIPELINE,
         mpp=mpp_arg,
@@ -72,4 +73,4 @@ rule quantify_ihc:
         "{params.pipeline} quantify-ihc --slide {input.slide:q} --slide-id {wildcards.slide} {params.mpp}"
         " --marker {params.marker:q} --tiles {input.tiles:q} --qc {input.qc:q} --config {input.config:q}"
         " --markers {input.markers:q} {params.region} --out-tiles {output.tiles:q} --out {output.ihc:q}"
-        " --threads {threads} 2> {log:q}"
+        " --out-cells {output.cells:q} --threads {threads} 2> {log:q}"
