@@ -73,3 +73,23 @@ def test_os2_ki67_index_agrees_inside_the_registered_region(shared_data, ki67_an
     assert tiles["quantified"] >= 10 and min(nuclei.values()) >= 400
     assert abs(nuclei["ref"] - nuclei["other"]) <= 0.1 * nuclei["ref"]  # the same tissue: the same nuclei
     assert abs(index["ref"] - index["other"]) <= MAX_DIFFERENCE_POINTS
+
+
+def test_compare_scans_verb_writes_both_readings_without_paths_or_torch(shared_data, tmp_path):
+    import json
+    import sys
+
+    from pipeline.__main__ import main
+
+    slides = shared_data / "slides"
+    out = tmp_path / "compare.json"
+    torch_before = "torch" in sys.modules
+    assert main(["compare-scans", "--ref", str(slides / "OS-2-ndpi.ome.tif"), "--other",
+                 str(slides / "OS-2-vsi.ome.tif"), "--config", str(ROOT / "configs" / "config.yaml"),
+                 "--max-tiles", "4", "--out", str(out)]) == 0
+    assert torch_before or "torch" not in sys.modules
+    text = out.read_text()
+    record = json.loads(text)
+    assert record["marker"] == "Ki67" and record["tiles"]["quantified"] == 4
+    assert record["ref"]["metrics"]["nuclei"] > 0 and record["other"]["metrics"]["nuclei"] > 0
+    assert "OS-2" not in text and ".ome.tif" not in text

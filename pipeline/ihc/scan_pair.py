@@ -5,7 +5,8 @@ both over the same tissue.
   scan, kept where both scans have tissue (the registered region); pure numpy;
 * :func:`compare_scans` - :func:`pipeline.ihc.register.register_slides`, :func:`registered_tiles`, then
   :func:`pipeline.ihc.quantify.quantify_ihc` on each scan over its own copy of those tiles (each scan calibrated
-  on its own tiles: stain background and nucleus threshold, as quantify-ihc does), and the difference.
+  on its own tiles: stain background and nucleus threshold, as quantify-ihc does), and the difference;
+* :func:`run` - the verb ``python -m pipeline compare-scans --ref A --other B --out result.json``.
 
 Frames: x, y are level-0 pixels of each scan's top-left corner of a tile; ``other_to_ref`` is the registration's
 3x3 matrix from the other scan's level-0 px to the reference scan's level-0 px (``matrix_level0_px`` of
@@ -131,3 +132,36 @@ def compare_scans(ref_path: str | Path, other_path: str | Path, entry: dict, par
     a, b = out["ref"]["metrics"].get(metric), out["other"]["metrics"].get(metric)
     out["difference"] = {metric: None if a is None or b is None else round(b - a, 3)}
     return out
+
+
+# ---- CLI: python -m pipeline compare-scans ------------------------------------------------------------
+def configure_parser(parser) -> None:
+    parser.add_argument("--ref", required=True, help="the reference scan (slide file): tiles are laid on it")
+    parser.add_argument("--other", required=True, help="the other scan of the same section (registered onto --ref)")
+    parser.add_argument("--marker", default="Ki67", help="the section's marker, from the knowledge base (Ki67)")
+    parser.add_argument("--config", default="configs/config.yaml", help="config file (its `ihc` section)")
+    parser.add_argument("--markers", default=None, help="marker knowledge base (default: the config's `markers`)")
+    parser.add_argument("--tile-um", type=float, default=100.0, help="tile side in um (default 100)")
+    parser.add_argument("--max-tiles", type=int, default=None, help="quantify at most this many tiles, spread evenly")
+    parser.add_argument("--threads", type=int, default=1, help="worker threads")
+    parser.add_argument("--out", required=True, help="JSON to write: registration, tiles, both summaries")
+
+
+def run(args) -> None:
+    import logging
+
+    from pipeline import atomic
+    from pipeline.config import load_config
+    from pipeline.ihc.markers import load_markers, marker_entry
+
+    config = load_config(args.config)
+    entry = marker_entry(load_markers(args.markers or config["markers"]), args.marker)
+    result = compare_scans(args.ref, args.other, entry, IhcParams.from_config(config.get("ihc")), args.tile_um,
+                           args.max_tiles, args.threads)
+    atomic.write_json(args.out, {"marker": args.marker, **result})
+    metric = entry["reading"]["metric"]
+    logging.getLogger(__name__).info(
+        "%s: reference %s, other %s (difference %s) over %d tiles of %g um; registration residual p95 %s um",
+        metric, result["ref"]["metrics"].get(metric), result["other"]["metrics"].get(metric),
+        result["difference"][metric], result["tiles"]["quantified"], args.tile_um,
+        result["registration"].get("residual_p95_um"))
