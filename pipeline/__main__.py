@@ -22,6 +22,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "score-tiles": ("pipeline.he.scoring", "score H&E tiles with the CNN"),
     "quantify-ihc": ("pipeline.ihc.quantify", "quantify DAB per tile and per slide for an IHC slide"),
     "register-ihc": ("pipeline.ihc.register", "register an IHC slide onto its H&E slide (serial sections)"),
+    "compare-scans": ("pipeline.ihc.scan_pair",
+                      "one IHC section scanned twice: register, read the marker on both over the same tiles"),
     "summarize-slide": ("pipeline.outputs.summary", "write the per-slide summary.json (slide call, QC, IHC)"),
     "draw-slide": ("pipeline.outputs.figures", "draw heatmap, tissue overlay and top-tile pictures"),
     "export-geojson": ("pipeline.outputs.geojson", "write QuPath GeoJSON of tiles and tissue outline"),

@@ -79,3 +79,23 @@ def test_decode_bound_counts_each_jpeg_tile_once(tmp_path):
         bound = readbench.decode_bound(slide, xs, ys, 224, 0.5)
         ours = readbench.reader_throughput(slide, xs, ys, 224, 0.5, batch_size=2)
     assert bound["segments"] == len(needed) and bound["tiles_per_s"] > 0 and ours["tiles_per_s"] > 0
+
+
+def test_ihc_target_judges_register_plus_quantify_on_the_60000_x_40000_slide_only():
+    from pipeline.bench.table import _ihc_line
+
+    def slide(size, seconds):
+        ihc = {"marker": "Ki67", "repeats": 1, "seconds_median": seconds, "stage_peak_rss_bytes": {"a": 1 << 30},
+               "stage_seconds_median": {"register-ihc": 4.0, "quantify-ihc": seconds - 4.0},
+               "prerequisite_seconds": {"qc-slide": 1.0, "tile-slide": 0.5}, "registration_status": "ok",
+               "region_tiles": 300, "tiles": 1000, "cells": 50000}
+        return {"name": f"{size[0]}x{size[1]}", "qc": {"width_px": size[0], "height_px": size[1]}, "ihc": ihc}
+
+    (met,) = targets.check_targets([slide((60000, 40000), 19.5)])
+    assert met["met"] is True and met["measured"] == 19.5 and met["target"].startswith("IHC registration")
+    (missed,) = targets.check_targets([slide((60000, 40000), 20.5)])
+    assert missed["met"] is False
+    assert targets.check_targets([slide((20000, 20000), 5.0)]) == []  # the target is set for one size
+    assert targets.check_targets([{**slide((60000, 40000), 5.0), "ihc": {"note": "no tiles"}}]) == []
+    (line,) = _ihc_line(slide((60000, 40000), 19.5))
+    assert "register-ihc 4.0 s + quantify-ihc 15.5 s = 19.5 s" in line and "300 of 1000 tiles" in line

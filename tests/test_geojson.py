@@ -153,3 +153,103 @@ def test_douglas_peucker_keeps_corners_and_drops_collinear_points():
     out = simplify_line(square, 0.5)
     assert out.tolist() == [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
     assert len(simplify_line(square, 0.1)) == 6  # the 0.2 bump is kept at a finer tolerance
+
+
+# ---- the IHC slide's measured tumour region ---------------------------------------------------------------
+
+def _area(ring) -> float:
+    x, y = np.asarray(ring, float).T
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def test_squares_outline_is_the_exact_union_with_holes_and_corner_contacts():
+    from pipeline.outputs.tile_outline import squares_outline
+
+    ring_of_8 = [(c, r) for c in range(3) for r in range(3) if (c, r) != (1, 1)]  # a 3 x 3 block with a hole
+    polygons = squares_outline(*zip(*(ring_of_8 + [(3, 3), (5, 0), (6, 0)]), strict=True))
+    assert len(polygons) == 3  # (3, 3) touches the block only at a corner: its own piece
+    block, bar, single = polygons  # largest first
+    assert block[0] == [(0, 0), (3, 0), (3, 3), (0, 3), (0, 0)]  # collinear points dropped: four corners
+    assert len(block) == 2 and _area(block[1]) == -1.0  # the hole turns the other way
+    assert bar == [[(5, 0), (7, 0), (7, 1), (5, 1), (5, 0)]] and _area(single[0]) == 1.0
+    assert sum(_area(r) for p in polygons for r in p) == len(ring_of_8) + 3
+
+
+def _region_columns(size0: float):
+    """A 4 x 3 grid of IHC tiles (level-0 top-left corners) with the region: the left 2 x 3 block and (3, 2)."""
+    cells = [(c, r) for r in range(3) for c in range(4)]
+    inside = [c < 2 or (c, r) == (3, 2) for c, r in cells]
+    return {"x": np.array([round(c * size0) for c, _ in cells]), "y": np.array([round(r * size0) for _, r in cells]),
+            "in_tumour_region": inside}
+
+
+REGION = {"restricted_to_tumour": True, "reason": "tumour region: the 5 H&E tiles with tumour probability >= 0.5",
+          "registration": {"status": "ok", "he_slide_id": "A-HE", "score": 0.8, "residual_median_um": 1.2,
+                           "residual_p95_um": 3.4}}
+
+
+def test_region_feature_is_one_annotation_in_level0_px():
+    from pipeline.outputs.geojson import REGION_NAME, feature_collection, region_feature
+
+    size0 = 448.4  # 224 um tiles at 0.5 um/px... on a 0.4996 um/px slide: not a whole number of pixels
+    feature = region_feature("S", _region_columns(size0), size0, 0.4996, REGION)
+    props = feature["properties"]
+    assert props["objectType"] == "annotation" and props["name"] == REGION_NAME
+    assert props["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
+    assert props["metadata"]["reason"] == REGION["reason"] and "residual median 1.2 um" in props["metadata"][
+        "registration"]
+    assert props["measurements"]["tiles"] == 7
+    assert props["measurements"]["area_mm2"] == pytest.approx(7 * (size0 * 0.4996 / 1000) ** 2, rel=1e-5)
+    geometry = feature["geometry"]
+    assert geometry["type"] == "MultiPolygon" and len(geometry["coordinates"]) == 2
+    block, corner = geometry["coordinates"]
+    # the block's corners are tile corners as the grid lays them (x = round(column * size0)), level-0 px
+    assert block == [[[0, 0], [round(2 * size0), 0], [round(2 * size0), round(3 * size0)], [0, round(3 * size0)],
+                      [0, 0]]]
+    assert corner[0][0] == [round(3 * size0), round(2 * size0)]
+    assert geojson_problems(feature_collection([feature])) == []
+    assert region_feature("S", _region_columns(size0), size0, 0.5, {**REGION, "restricted_to_tumour": False}) is None
+    nowhere = {**_region_columns(size0), "in_tumour_region": [None] * 12}
+    assert region_feature("S", nowhere, size0, 0.5, REGION) is None
+
+
+def test_ihc_geojson_carries_the_region_read_by_quantify_ihc(cohort, tmp_path):
+    """S2's ihc.parquet and summary as quantify-ihc writes them when the marker is read in a tumour region."""
+    from pipeline.__main__ import main
+    from pipeline.ihc.tiles_table import write_tiles
+    from pipeline.tables import read_columns
+
+    d = cohort / "slides" / "S2"
+    columns, meta = read_columns(d / "ihc.parquet")
+    n = len(columns["x"])
+    rows = [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in columns.items()} for i in range(n)]
+    for i, row in enumerate(rows):
+        row["in_tumour_region"] = i < n // 2
+    write_tiles(tmp_path / "ihc.parquet", rows, meta)
+    summary = json.loads((d / "summary.json").read_text())
+    summary["ihc"]["region"] = REGION
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "tiles.geojson"
+    assert main(["export-geojson", "--summary", str(tmp_path / "summary.json"), "--tiles", str(d / "tiles.parquet"),
+                 "--mask", str(d / "tissue.png"), "--scores", "--ihc-tiles", str(tmp_path / "ihc.parquet"),
+                 "--out", str(out)]) == 0
+    collection = json.loads(out.read_text())
+    assert geojson_problems(collection) == []
+    (region,) = [f for f in collection["features"] if f["properties"].get("name") == "Tumour region (registered "
+                                                                                    "from H&E)"]
+    assert region["properties"]["measurements"]["tiles"] == n // 2
+    tiles = [f for f in collection["features"] if f["properties"]["objectType"] == "tile"]
+    assert len(tiles) == n and sum(t["properties"]["measurements"]["in_tumour_region"] for t in tiles) == n // 2
+    assert not [f for f in _load(cohort, "S2")["features"] if f["properties"].get("name", "").startswith("Tumour")]
+
+
+def test_viewer_draws_the_region_annotation_not_as_tissue():
+    from pipeline.outputs.geojson import feature_collection, region_feature, tissue_features
+    from pipeline.viewer.data import overlays
+
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    features = tissue_features("S", mask, 100.0, 800, 800) + [region_feature("S", _region_columns(100.0), 100.0,
+                                                                             0.5, REGION)]
+    drawn = overlays({"kind": "IHC", "ihc": {"region": REGION}}, feature_collection(features))
+    assert len(drawn["tissue"]) == 1  # the tissue outline only; the region is drawn from the tiles' in_region

@@ -10,7 +10,10 @@ measures, with the modules of :mod:`pipeline.bench`:
   (:mod:`pipeline.bench.baseline`);
 * **end to end**: the real stages as the workflow runs them, as subprocesses with the rules' arguments, median
   wall time of ``--repeats`` runs, and each stage's peak RSS (:mod:`pipeline.bench.endtoend`);
-* on CUDA, when torch sees a GPU: scoring tiles/s with AMP (never required).
+* on CUDA, when torch sees a GPU: scoring tiles/s with AMP (never required);
+* **IHC** on the generated slides of ``--ihc-sizes`` (60000 x 40000): the slide's IHC serial section
+  (:func:`pipeline.bench.inputs.cached_ihc_slide`) registered onto it and quantified, per cell in the tumour
+  region, with the end-to-end run's tiles and scores (:mod:`pipeline.bench.ihc`).
 
 Across slides: end-to-end time against tissue area (least-squares line; should be linear) and peak RSS (should
 be flat), and the issue's targets (:mod:`pipeline.bench.targets`). Throughputs are best-of-``--repeats`` with each
@@ -32,12 +35,16 @@ from pathlib import Path
 from pipeline import atomic
 from pipeline.bench.baseline import measure_baseline
 from pipeline.bench.endtoend import STAGES, measure_end_to_end
+from pipeline.bench.ihc import measure_ihc
 from pipeline.bench.inputs import (
     DEFAULT_CACHE,
     DEFAULT_SIZES,
+    IHC_MARKER,
+    IHC_SIZE,
     QUICK_SIZE,
     SLIDE_MPP,
     bench_model,
+    cached_ihc_slide,
     cached_slide,
     parse_sizes,
 )
@@ -75,12 +82,18 @@ def configure_parser(parser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"one small {QUICK_SIZE[0]}x{QUICK_SIZE[1]} slide, one batch, one run (a smoke test)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the OpenSlide + DataLoader baseline")
+    parser.add_argument("--ihc-sizes", default=f"{IHC_SIZE[0]}x{IHC_SIZE[1]}",
+                        help="generated slides whose IHC serial section is registered and quantified too "
+                             f"(default {IHC_SIZE[0]}x{IHC_SIZE[1]}; 'none' for none; never with --quick)")
+    parser.add_argument("--ihc-marker", default=IHC_MARKER,
+                        help=f"the IHC slide's marker, from the knowledge base (default {IHC_MARKER})")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
 
 
 def benchmark_slide(path: Path, name: str, config: dict, config_path: Path, model_dir: Path, workdir: Path,
-                    args) -> dict:
-    """Every figure of one slide: qc + grid, reader, scoring, baseline, GPU scoring, end to end."""
+                    args, ihc_slide: Path | None = None) -> dict:
+    """Every figure of one slide: qc + grid, reader, scoring, baseline, GPU scoring, end to end, and the IHC
+    stage when ``ihc_slide`` (its serial section) is given."""
     import torch
 
     from pipeline.he.models import read_card
@@ -117,19 +130,34 @@ def benchmark_slide(path: Path, name: str, config: dict, config_path: Path, mode
     out.mkdir(parents=True, exist_ok=True)
     result["end_to_end"] = measure_end_to_end(path, out, config_path, model_dir, threads=args.threads,
                                               batch_size=args.batch_size, repeats=args.repeats)
+    if ihc_slide is not None:
+        log.info("%s: IHC (%s) registered and quantified (%d runs)", name, args.ihc_marker, args.repeats)
+        result["ihc"] = measure_ihc(ihc_slide, path, out, workdir / f"{name}-ihc", config_path,
+                                    _markers_path(config), args.ihc_marker, threads=args.threads,
+                                    repeats=args.repeats)
     return result
 
 
-def _slides(args, cache_dir: Path) -> list[tuple[Path, str]]:
-    """(path, name) of the slides to measure: ``--slide`` files, else the generated slides of ``--sizes``."""
+def _markers_path(config: dict) -> Path:
+    """The marker knowledge base of ``config``, absolute (a relative path is the repository's)."""
+    path = Path(config["markers"])
+    return path if path.is_absolute() else Path(__file__).resolve().parents[2] / path
+
+
+def _slides(args, cache_dir: Path) -> list[tuple[Path, str, Path | None]]:
+    """(path, name, IHC serial section or None) of the slides to measure: ``--slide`` files, else the generated
+    slides of ``--sizes`` (with an IHC section for those of ``--ihc-sizes``)."""
     if args.slide:
-        slides = [(Path(p), Path(p).stem) for p in args.slide]
-        for p, _ in slides:
+        slides = [(Path(p), Path(p).stem, None) for p in args.slide]
+        for p, _, _ in slides:
             if not p.is_file():
                 raise TriageError(f"--slide {p}: no such file")
         return slides
     sizes = [QUICK_SIZE] if args.quick else parse_sizes(args.sizes)
-    return [(cached_slide(cache_dir, w, h), f"{w}x{h}") for w, h in sizes]
+    ihc_sizes = [] if args.quick or args.ihc_sizes.strip().lower() == "none" else parse_sizes(args.ihc_sizes)
+    return [(cached_slide(cache_dir, w, h), f"{w}x{h}",
+             cached_ihc_slide(cache_dir, w, h, marker=args.ihc_marker) if (w, h) in ihc_sizes else None)
+            for w, h in sizes]
 
 
 def run(args) -> None:
@@ -159,9 +187,10 @@ def run(args) -> None:
         config_path = workdir / "config.yaml"
         atomic.write_json(config_path, config)  # JSON is YAML
         others = OthersCpu()
-        for path, name in slides:
+        for path, name, ihc_slide in slides:
             slide_others = OthersCpu()
-            report["slides"].append(benchmark_slide(path, name, config, config_path, model_dir, workdir, args))
+            report["slides"].append(benchmark_slide(path, name, config, config_path, model_dir, workdir, args,
+                                                    ihc_slide))
             report["slides"][-1]["others_cpu_percent"] = slide_others.percent()
     report["others_cpu_percent"] = others.percent()
     report["load_average_after"] = list(os.getloadavg())

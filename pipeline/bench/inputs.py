@@ -4,7 +4,12 @@ Slides come from :func:`pipeline.synth.slide_writer.write_slide` (Aperio-style S
 0.25 um/px, ~40 % tissue), cached outside the repository. The model is ``--model``, else the config's default
 model, else an untrained stand-in written once into the cache (same speed, meaningless scores).
 
-Public: :func:`parse_sizes`, :func:`cached_slide`, :func:`bench_model`, :func:`write_untrained_model`.
+The IHC stage's slide (:func:`cached_ihc_slide`) is the serial section of a generated H&E slide: the same layout
+and cells stained for ``IHC_MARKER``, placed on its glass under a seeded rigid transform (turned, perhaps
+mirrored, shifted), as the sample cohort's IHC slides are.
+
+Public: :func:`parse_sizes`, :func:`cached_slide`, :func:`cached_ihc_slide`, :func:`bench_model`,
+:func:`write_untrained_model`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ QUICK_SIZE = (8192, 6144)  # ~20 tissue tiles of 224 px at 1 um/px: one batch
 SLIDE_MPP = 0.25  # a 40x scan
 TISSUE_FRACTION = 0.4
 DEFAULT_CACHE = Path("~/.cache/slide-triage/bench")
+IHC_MARKER = "Ki67"  # nuclear: every tile's nuclei are found, and the region's cells scored (the heavier case)
+IHC_SIZE = (60000, 40000)  # the size the IHC target is set for (issue 14)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -54,6 +61,23 @@ def cached_slide(cache_dir: Path, width: int, height: int, seed: int = 0) -> Pat
         t0 = time.perf_counter()
         write_slide(path, width=width, height=height, mpp=SLIDE_MPP, seed=seed, stain="HE", layout="mixed",
                           fmt="svs", tissue_fraction=TISSUE_FRACTION, workers=max(1, min(4, os.cpu_count() or 1)))
+        log.info("generated %s in %.0f s", path.name, time.perf_counter() - t0)
+    return path
+
+
+def cached_ihc_slide(cache_dir: Path, width: int, height: int, seed: int = 0, marker: str = IHC_MARKER) -> Path:
+    """The generated IHC serial section of :func:`cached_slide`'s slide of this size and seed (same layout
+    seed, stained for ``marker``, seeded placement on the glass), written the first time it is asked for."""
+    from pipeline.synth.slide_writer import write_slide
+    from pipeline.synth.version import VERSION
+
+    path = cache_dir / f"bench-{width}x{height}-mpp{SLIDE_MPP}-seed{seed}-{marker}-synth{VERSION}.svs"
+    if not path.is_file():
+        log.info("generating %s (once; cached in %s)", path.name, cache_dir)
+        t0 = time.perf_counter()
+        write_slide(path, width=width, height=height, mpp=SLIDE_MPP, seed=seed + 1, stain=marker, layout="mixed",
+                    layout_seed=seed, fmt="svs", tissue_fraction=TISSUE_FRACTION, placement_seed=seed + 1,
+                    he_slide=f"bench-{width}x{height}", workers=max(1, min(4, os.cpu_count() or 1)))
         log.info("generated %s in %.0f s", path.name, time.perf_counter() - t0)
     return path
 

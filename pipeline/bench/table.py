@@ -10,6 +10,21 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f}"
 
 
+def _ihc_line(s: dict) -> list[str]:
+    """The IHC stage of one slide, if it was measured: register + quantify, the region, the prerequisites."""
+    i = s.get("ihc")
+    if not i:
+        return []
+    if "seconds_median" not in i:
+        return [f"{s['name']} IHC: {i.get('note', 'not measured')}"]
+    st, pre = i["stage_seconds_median"], i["prerequisite_seconds"]
+    return [f"{s['name']} IHC ({i['marker']}): register-ihc {st['register-ihc']:.1f} s + quantify-ihc "
+            f"{st['quantify-ihc']:.1f} s = {i['seconds_median']:.1f} s (median of {i['repeats']}; registration "
+            f"{i['registration_status']}, {i['region_tiles'] or 0} of {i['tiles']} tiles in the tumour region, "
+            f"{i['cells']} cells scored; peak RSS {_mib(max(i['stage_peak_rss_bytes'].values()))} MiB); before it "
+            f"qc-slide {pre['qc-slide']:.1f} s, tile-slide {pre['tile-slide']:.1f} s"]
+
+
 def format_table(report: dict) -> str:
     """The figures as a plain-text table (the same as docs/benchmark.md's)."""
     m = report["machine"]
@@ -40,6 +55,8 @@ def format_table(report: dict) -> str:
             stages = ", ".join(f"{k} {v:.1f} s / {_mib(e['stage_peak_rss_bytes'][k])} MiB"
                                for k, v in e["stage_seconds_median"].items())
             lines.append(f"{s['name']}: {stages} (other processes: {s.get('others_cpu_percent', '?')}% CPU)")
+    for s in report["slides"]:
+        lines.extend(_ihc_line(s))
     sc = report["scaling"]
     if sc.get("seconds_vs_tissue_mm2"):
         f = sc["seconds_vs_tissue_mm2"]

@@ -13,6 +13,8 @@ import numpy as np
 TARGET_E2E_S, TARGET_E2E_SIZE = 30.0, (60000, 40000)
 TARGET_READ_RATIO, TARGET_SCORE_RATIO = 0.8, 0.8
 TARGET_RSS_BYTES, TARGET_RSS_SIZE = 2 << 30, (100000, 100000)
+# Issue 14: registration + per-cell scoring (register-ihc + quantify-ihc, median) of one 60000 x 40000 IHC slide.
+TARGET_IHC_S, TARGET_IHC_SIZE = 20.0, (60000, 40000)
 
 
 def linear_fit(xs: list[float], ys: list[float]) -> dict | None:
@@ -50,6 +52,11 @@ def check_targets(slides: list[dict]) -> list[dict]:
         if e2e and size == TARGET_E2E_SIZE:
             targets.append({"target": f"end to end {size[0]}x{size[1]} <= {TARGET_E2E_S:g} s (median)",
                             "measured": e2e["seconds_median"], "met": e2e["seconds_median"] <= TARGET_E2E_S})
+        ihc = s.get("ihc")
+        if ihc and "seconds_median" in ihc and size == TARGET_IHC_SIZE:
+            targets.append({"target": f"IHC registration + per-cell scoring {size[0]}x{size[1]} <= "
+                                      f"{TARGET_IHC_S:g} s (median)",
+                            "measured": ihc["seconds_median"], "met": ihc["seconds_median"] <= TARGET_IHC_S})
         if e2e and size == TARGET_RSS_SIZE:
             targets.append({"target": f"peak RSS {size[0]}x{size[1]} < 2 GiB",
                             "measured": round(e2e["peak_rss_bytes"] / 2**30, 3),

@@ -2,6 +2,7 @@
 pipeline/rules/outputs.smk).
 
 summary (verb summarize-slide: summary.json) + provenance; drawing -> pictures -> figures (verb draw-slide);
-geojson (verb export-geojson); worklist + report_html -> report (verb make-report: worklist.tsv, report.html);
+tile_outline -> geojson (verb export-geojson); worklist + report_html -> report (verb make-report: worklist.tsv,
+report.html);
 results_check (whole-folder checks for tests).
 """

@@ -15,6 +15,11 @@ Conventions of QuPath 0.4-0.6 (``qupath.lib.io.PathObjectTypeAdapters``):
 * tissue: one ``annotation`` per tissue piece of the QC mask, traced with marching squares
   (``skimage.measure.find_contours``), holes kept, simplified to within one mask pixel (Douglas-Peucker,
   :func:`simplify_line`) and scaled to level 0.
+* tumour region (IHC slides whose marker was read in the registered tumour region): one ``annotation``, the
+  exact union of the region's tile squares (``in_tumour_region`` of ihc.parquet; outlines merged by
+  :mod:`pipeline.outputs.tile_outline`), a ``Polygon`` or, in several pieces, a ``MultiPolygon``, named
+  :data:`REGION_NAME`, with its tile count and area as measurements and the region's reason and registration
+  in ``metadata`` (string values; QuPath 0.4+ keeps them as the object's metadata).
 
 Output is canonical JSON (sorted keys) and byte-stable. A failed slide gets an empty FeatureCollection.
 """
@@ -37,6 +42,9 @@ log = logging.getLogger(__name__)
 # Namespace of tile ids: uuid5(NAMESPACE_URL, "slide-triage/tile"); never change it (ids would change).
 TILE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "slide-triage/tile")
 TISSUE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "slide-triage/tissue")
+REGION_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "slide-triage/tumour-region")
+REGION_NAME = "Tumour region (registered from H&E)"
+REGION_CLASS, REGION_COLOUR = "Tumor", (200, 0, 0)  # QuPath's built-in tumour class and its colour
 COORD_DECIMALS = 2
 MEASUREMENT_DECIMALS = 6
 TISSUE_COLOUR = (46, 160, 67)
@@ -194,6 +202,43 @@ def tissue_features(slide_id: str, mask: np.ndarray, level0_per_mask_px: float, 
     return features
 
 
+def region_feature(slide_id: str, columns: dict, size0: float, mpp: float, region: dict | None) -> dict | None:
+    """The measured tumour region of an IHC slide as one QuPath annotation (level-0 px), or None when the marker
+    was not read in a tumour region (``region["restricted_to_tumour"]`` false) or no tile is in it."""
+    from pipeline.outputs.tile_outline import tile_outline_level0
+
+    if not (region or {}).get("restricted_to_tumour") or "in_tumour_region" not in columns:
+        return None
+    inside = np.array([bool(v) if v is not None else False for v in columns["in_tumour_region"]], bool)
+    if not inside.any():
+        return None
+    polygons = tile_outline_level0(np.asarray(columns["x"])[inside], np.asarray(columns["y"])[inside], size0)
+    coords = [[[[round(float(a), COORD_DECIMALS), round(float(b), COORD_DECIMALS)] for a, b in ring]
+               for ring in polygon] for polygon in polygons]
+    geometry = ({"type": "Polygon", "coordinates": coords[0]} if len(coords) == 1
+                else {"type": "MultiPolygon", "coordinates": coords})
+    reg = region.get("registration") or {}
+    metadata = {"reason": str(region.get("reason", "")),
+                "registration": (f"{reg.get('status')} onto H&E slide {reg.get('he_slide_id')}: score "
+                                 f"{reg.get('score')}, residual median {reg.get('residual_median_um')} um, 95th "
+                                 f"percentile {reg.get('residual_p95_um')} um"),
+                "coordinates": "level-0 pixels of this IHC slide; the union of the region's tile squares"}
+    tile_mm2 = (size0 * mpp / 1000.0) ** 2
+    return {"type": "Feature", "id": str(uuid.uuid5(REGION_NAMESPACE, slide_id)), "geometry": geometry,
+            "properties": {"objectType": "annotation", "name": REGION_NAME, "isLocked": True,
+                           "classification": {"name": REGION_CLASS, "color": list(REGION_COLOUR)},
+                           "measurements": {"tiles": int(inside.sum()),
+                                            "area_mm2": round(float(inside.sum()) * tile_mm2, MEASUREMENT_DECIMALS)},
+                           "metadata": metadata}}
+
+
+def _rings(geometry: dict) -> list:
+    """Every ring of a Polygon or MultiPolygon."""
+    if geometry["type"] == "MultiPolygon":
+        return [ring for polygon in geometry["coordinates"] for ring in polygon]
+    return geometry["coordinates"]
+
+
 def feature_collection(features: list[dict]) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
@@ -215,7 +260,7 @@ def geojson_problems(collection: dict) -> list[str]:
     if len(set(ids)) != len(ids):
         problems.append("feature ids are not unique")
     for i, f in enumerate(collection["features"]):
-        for ring in f["geometry"]["coordinates"]:
+        for ring in _rings(f["geometry"]):
             if ring[0] != ring[-1]:
                 problems.append(f"features.{i}: polygon ring not closed")
     return problems
@@ -254,6 +299,9 @@ def build(args) -> dict:
         table = try_read_columns(args.ihc_tiles, log)
         result = (summary.get("ihc") or {}).get("result") or {}
         if table is not None and len(table[0].get("x", [])):
+            region = region_feature(slide_id, table[0], size0, float(meta["mpp"]),
+                                    (summary.get("ihc") or {}).get("region"))
+            features += [region] if region else []
             features += ihc_tile_features(slide_id, table[0], size0, result.get("metric"), result.get("cutoff"))
     return feature_collection(features)
 

@@ -165,8 +165,8 @@ def overlays(summary: dict | None, geojson: dict | None) -> dict:
                 tiles[m].append(values.get(m))
             if kind == "IHC":
                 tiles["in_region"].append(values.get("in_tumour_region"))
-        else:
-            tissue += _rings(f.get("geometry") or {})
+        elif (props.get("classification") or {}).get("name") == "Tissue":  # not the tumour region annotation:
+            tissue += _rings(f.get("geometry") or {})  # the viewer draws the region from the tiles' in_region
     size0 = float((summary.get("tiles") or {}).get("tile_size_level0_px") or 0)
     top = [{"group": group, "rank": i + 1, "x": t["x"], "y": t["y"], "size": size0, "value": t.get("value"),
             "measure": g.get("measure")}
