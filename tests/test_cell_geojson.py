@@ -34,7 +34,7 @@ def _table():
 def test_cells_are_detections_at_level0_with_their_classes(tmp_path):
     t = _table()
     out = tmp_path / "cells.geojson"
-    assert write_cells_geojson(out, "S-ER", [t], LEVEL0_MPP, "test") == 3
+    assert write_cells_geojson(out, "S-ER", [t], LEVEL0_MPP) == 3
     doc = json.loads(out.read_text())
     assert geojson_problems(doc) == []
     names = [f["properties"]["classification"]["name"] for f in doc["features"]]
@@ -48,12 +48,12 @@ def test_cells_are_detections_at_level0_with_their_classes(tmp_path):
     ring = np.array(doc["features"][0]["geometry"]["coordinates"][0])
     assert np.ptp(ring[:, 1]) == pytest.approx(44, abs=3) and np.ptp(ring[:, 0]) == pytest.approx(32, abs=3)
     first = out.read_bytes()
-    write_cells_geojson(out, "S-ER", [t], LEVEL0_MPP, "test")
+    write_cells_geojson(out, "S-ER", [t], LEVEL0_MPP)
     assert out.read_bytes() == first
 
 
-def test_no_cells_is_an_empty_collection_saying_why(tmp_path):
+def test_no_cells_is_an_empty_collection(tmp_path):
     out = tmp_path / "cells.geojson"
-    write_cells_geojson(out, "S-ER", [], LEVEL0_MPP, "no cells: not restricted to tumour: no H&E slide")
+    assert write_cells_geojson(out, "S-ER", [], LEVEL0_MPP) == 0
     doc = json.loads(out.read_text())
-    assert doc["features"] == [] and "no H&E slide" in doc["metadata"]["note"]
+    assert doc == {"type": "FeatureCollection", "features": []} and geojson_problems(doc) == []

@@ -332,7 +332,8 @@ def write_cells(path, slide_id: str, cell_tables: list, level0_mpp: float | None
     else:
         note = f"cells of the {region.get('tiles')} tumour-region tiles; {region.get('reason')}"
     tables = [t for _, t in sorted(cell_tables, key=lambda it: it[0])]
-    n = write_cells_geojson(path, slide_id, tables, level0_mpp or 1.0, note)
+    n = write_cells_geojson(path, slide_id, tables, level0_mpp or 1.0)
+    record["cells_geojson"] = {"detections": n, "note": note, "coordinates": "level-0 px"}
     log.info("%s: %d cells written to %s", slide_id, n, path)
 
 

@@ -13,7 +13,7 @@ pixel coordinates** like ``tiles.geojson`` (:mod:`pipeline.outputs.geojson`; QuP
   (0-3), ``HER2-style research class`` (membranous markers; research only, never an ASCO/CAP result).
 
 Ids are UUID-5 of slide id and centroid, so reruns give the same bytes. A slide not read in a tumour region (or
-failed) gets an empty FeatureCollection that says why.
+failed) gets an empty FeatureCollection; ihc.json's ``cells_geojson`` says how many cells were written and why.
 
 Public: :func:`cell_features`, :func:`write_cells_geojson`.
 """
@@ -72,12 +72,9 @@ def cell_features(slide_id: str, tables: list[dict], level0_mpp: float) -> list[
     return features
 
 
-def write_cells_geojson(path, slide_id: str, tables: list[dict], level0_mpp: float, note: str) -> int:
+def write_cells_geojson(path, slide_id: str, tables: list[dict], level0_mpp: float) -> int:
     """Write ``cells.geojson`` atomically (canonical JSON); returns the number of detections."""
     features = cell_features(slide_id, tables, level0_mpp)
-    doc = {"type": "FeatureCollection", "features": features,
-           "metadata": {"slide_id": slide_id, "coordinates": "level-0 px", "note": note,
-                        "decision_support": "Decision support only, not a diagnosis: a pathologist must review "
-                                            "the slides and the evidence."}}
+    doc = {"type": "FeatureCollection", "features": features}
     atomic.write_text(path, json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
     return len(features)
