@@ -29,19 +29,25 @@ def configure_parser(parser) -> None:
                         help="um/px for rows without one whose path or source contains SUBSTRING (repeatable)")
     parser.add_argument("--tiles-per-image", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-tile-check", action="store_true",
+                        help="OOD share from the model's score alone (default: the workflow's, with the H&E tile "
+                             "check of config tile_check's defaults)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", dest="json_out", help="write all figures to this JSON file")
 
 
-def score_images(model, card: dict, records, tiles_per_image: int, batch_size: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(probabilities (N, C), OOD score (N,), true class index (N,), owning record index (N,)) of grid tiles."""
+def score_images(model, card: dict, records, tiles_per_image: int, batch_size: int, tile_check: dict | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities (N, C), OOD score (N,), the model's own OOD score (N,), true class index (N,), owning record
+    index (N,)) of grid tiles. The OOD score is the workflow's (score-tiles'): the larger of the model's and the
+    H&E tile check's (:mod:`pipeline.he.tile_check`, thresholds ``tile_check``; None: the model's alone)."""
     import torch
 
+    from pipeline.he.tile_check import tile_check_scores
     from pipeline.training.labelled_images import image_tiles, load_rgb
 
     classes = list(card["classes"])
-    probs, ood, labels, owners = [], [], [], []
+    probs, ood, checked, labels, owners = [], [], [], [], []
     for i, rec in enumerate(records):
         tiles = image_tiles(load_rgb(rec.path), rec.mpp, card["mpp"], card["tile_px"], tiles_per_image)
         with torch.no_grad():
@@ -49,9 +55,12 @@ def score_images(model, card: dict, records, tiles_per_image: int, batch_size: i
                 p, o = model.score(torch.from_numpy(tiles[a:a + batch_size]))
                 probs.append(p.numpy())
                 ood.append(o.numpy())
+        checked.append(tile_check_scores(tiles, tile_check) if tile_check else np.zeros(len(tiles), np.float32))
         labels += [classes.index(rec.label)] * len(tiles)
         owners += [i] * len(tiles)
-    return np.concatenate(probs), np.concatenate(ood), np.array(labels), np.array(owners)
+    model_ood = np.concatenate(ood)
+    return (np.concatenate(probs), np.maximum(model_ood, np.concatenate(checked)), model_ood, np.array(labels),
+            np.array(owners))
 
 
 def default_model_dir() -> str:
@@ -80,9 +89,17 @@ def run(args) -> None:
     if set(card["classes"]) != {"carcinoma", "sarcoma", "non_tumour"}:
         raise TriageError(f"{card['model_id']}: evaluate needs a carcinoma / sarcoma / non_tumour model")
     records = read_labels(args.labels, parse_assume_mpp(args.assume_mpp))
-    probs, ood, labels, owners = score_images(model, card, records, args.tiles_per_image, args.batch_size)
+    tile_check = None
+    if not args.no_tile_check:
+        from pipeline.he.tile_check import default_params
+
+        tile_check = default_params()
+    probs, ood, model_ood, labels, owners = score_images(model, card, records, args.tiles_per_image, args.batch_size,
+                                                         tile_check)
     sources = np.array([records[i].source for i in owners])
     metrics = real_metrics(probs, labels, sources, owners, list(card["classes"]), ood)
+    metrics["ood_model_over_pct"] = round(100.0 * float((model_ood > 1.0).mean()), 2) if len(model_ood) else None
+    metrics["ood_score"] = ("the workflow's: max(model, H&E tile check)" if tile_check else "the model's alone")
     trained = card.get("training_data", {})
     root = Path(__file__).resolve().parents[2]  # training runs from the repository root
     folders = {(root / f).resolve() for f in trained.get("patch_folders", [])}  # cards of models trained on folders
@@ -91,6 +108,8 @@ def run(args) -> None:
     print(f"model {card['model_id']} on {args.labels}: {len(records)} images, {len(labels)} tiles at "
           f"{card['mpp']} um/px (decision support, not a diagnosis)")
     print(format_table(metrics, list(card["classes"])))
+    print(f"OOD score: {metrics['ood_score']}; the model's own score over 1 on {metrics['ood_model_over_pct']} % "
+          "of tiles")
     if seen:
         print(f"note: the model's training data include images of {', '.join(seen)} (its card names the sources or "
               "their folder): those rows and the pooled row are not held-out results.")

@@ -90,7 +90,9 @@ def baseline_metrics(model_dir: str, records, args) -> dict | None:
     model, card = load_model(model_dir)
     seen = [Path(p).resolve() for p in card.get("training_data", {}).get("patch_folders", [])]
     unseen = [r for r in records if not any(r.path.resolve().is_relative_to(p) for p in seen)]
-    probs, ood, labels, owners = score_images(model, card, unseen, args.eval_tiles, 64)
+    from pipeline.he.tile_check import default_params
+
+    probs, ood, _, labels, owners = score_images(model, card, unseen, args.eval_tiles, 64, default_params())
     sources = np.array([unseen[i].source for i in owners])
     m = real_metrics(probs, labels, sources, owners, list(CLASSES), ood, n_boot=0)["pooled"]
     return {"model": card["model_id"], "architecture": card["architecture"],
