@@ -46,11 +46,9 @@ def run_stage(cmd: list[str], log_path: Path) -> tuple[float, int]:
     return float(seconds), int(rss_kb) * 1024  # Linux: ru_maxrss in kilobytes
 
 
-def stage_commands(slide: Path, out: Path, config: Path, model_dir: Path, threads: int,
-                   batch_size: int) -> dict[str, list[str]]:
-    """The workflow's per-slide H&E commands (pipeline/rules/slides.smk, he.smk, outputs.smk)."""
+def slide_commands(slide: Path, sid: str, out: Path, config: Path) -> dict[str, list[str]]:
+    """qc-slide and tile-slide of one slide into ``out`` (pipeline/rules/slides.smk)."""
     py = [sys.executable, "-m", "pipeline"]
-    sid = "bench"
     return {
         "qc-slide": py + ["qc-slide", "--slide", str(slide), "--slide-id", sid, "--config", str(config),
                           "--out", str(out / "qc.json"), "--thumb", str(out / "thumb.png"),
@@ -58,6 +56,16 @@ def stage_commands(slide: Path, out: Path, config: Path, model_dir: Path, thread
         "tile-slide": py + ["tile-slide", "--slide", str(slide), "--slide-id", sid, "--config", str(config),
                             "--qc", str(out / "qc.json"), "--mask", str(out / "tissue.png"),
                             "--out", str(out / "tiles.parquet")],
+    }
+
+
+def stage_commands(slide: Path, out: Path, config: Path, model_dir: Path, threads: int,
+                   batch_size: int) -> dict[str, list[str]]:
+    """The workflow's per-slide H&E commands (pipeline/rules/slides.smk, he.smk, outputs.smk)."""
+    py = [sys.executable, "-m", "pipeline"]
+    sid = "bench"
+    return {
+        **slide_commands(slide, sid, out, config),
         "score-tiles": py + ["score-tiles", "--slide", str(slide), "--tiles", str(out / "tiles.parquet"),
                              "--model", str(model_dir), "--out", str(out / "scores.parquet"),
                              "--threads", str(threads), "--batch-size", str(batch_size), "--device", "auto",
@@ -71,17 +79,23 @@ def stage_commands(slide: Path, out: Path, config: Path, model_dir: Path, thread
     }
 
 
+def run_stages(commands: dict, stages, workdir: Path, repeats: int) -> tuple[list[dict], dict]:
+    """Run ``stages`` one after the other ``repeats`` times: each run's seconds per stage, each stage's peak RSS."""
+    runs, rss = [], dict.fromkeys(stages, 0)
+    for _ in range(max(1, repeats)):
+        times = {}
+        for stage in stages:
+            times[stage], peak = run_stage(commands[stage], workdir / f"{stage}.log")
+            rss[stage] = max(rss[stage], peak)
+        runs.append(times)
+    return runs, rss
+
+
 def measure_end_to_end(slide: Path, workdir: Path, config: Path, model_dir: Path, *, threads: int,
                        batch_size: int, repeats: int) -> dict:
     """Median wall time of the four stages run one after the other, per stage and in all; peak RSS per stage."""
     commands = stage_commands(slide, workdir, config, model_dir, threads, batch_size)
-    runs, rss = [], dict.fromkeys(STAGES, 0)
-    for _ in range(max(1, repeats)):
-        times = {}
-        for stage in STAGES:
-            times[stage], peak = run_stage(commands[stage], workdir / f"{stage}.log")
-            rss[stage] = max(rss[stage], peak)
-        runs.append(times)
+    runs, rss = run_stages(commands, STAGES, workdir, repeats)
     totals = [sum(r.values()) for r in runs]
     from pipeline.he.scoring import read_scores
 

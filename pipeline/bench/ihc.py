@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from pipeline import atomic
-from pipeline.bench.endtoend import run_stage
+from pipeline.bench.endtoend import run_stage, run_stages, slide_commands
 
 PREREQUISITES = ("qc-slide", "tile-slide")
 IHC_STAGES = ("register-ihc", "quantify-ihc")
@@ -30,12 +30,7 @@ def ihc_commands(ihc_slide: Path, he_slide: Path, he_out: Path, out: Path, confi
     py = [sys.executable, "-m", "pipeline"]
     sid = "bench-ihc"
     return {
-        "qc-slide": py + ["qc-slide", "--slide", str(ihc_slide), "--slide-id", sid, "--config", str(config),
-                          "--out", str(out / "qc.json"), "--thumb", str(out / "thumb.png"),
-                          "--mask", str(out / "tissue.png")],
-        "tile-slide": py + ["tile-slide", "--slide", str(ihc_slide), "--slide-id", sid, "--config", str(config),
-                            "--qc", str(out / "qc.json"), "--mask", str(out / "tissue.png"),
-                            "--out", str(out / "tiles.parquet")],
+        **slide_commands(ihc_slide, sid, out, config),
         "register-ihc": py + ["register-ihc", "--he", str(he_slide), "--ihc", str(ihc_slide), "--he-id", "bench",
                               "--ihc-id", sid, "--out", str(out / "registration.json")],
         "quantify-ihc": py + ["quantify-ihc", "--slide", str(ihc_slide), "--slide-id", sid, "--marker", marker,
@@ -45,7 +40,7 @@ def ihc_commands(ihc_slide: Path, he_slide: Path, he_out: Path, out: Path, confi
                               "--he-tiles", str(he_out / "tiles.parquet"),
                               "--he-scores", str(he_out / "scores.parquet"),
                               "--out-tiles", str(out / "ihc.parquet"), "--out", str(out / "ihc.json"),
-                              "--threads", str(threads)],
+                              "--out-cells", str(out / "cells.geojson"), "--threads", str(threads)],
     }
 
 
@@ -70,13 +65,7 @@ def measure_ihc(ihc_slide: Path, he_slide: Path, he_out: Path, workdir: Path, co
     workdir.mkdir(parents=True, exist_ok=True)
     commands = ihc_commands(ihc_slide, he_slide, he_out, workdir, config, markers, marker, threads)
     prerequisites = {s: round(run_stage(commands[s], workdir / f"{s}.log")[0], 2) for s in PREREQUISITES}
-    runs, rss = [], dict.fromkeys(IHC_STAGES, 0)
-    for _ in range(max(1, repeats)):
-        times = {}
-        for stage in IHC_STAGES:
-            times[stage], peak = run_stage(commands[stage], workdir / f"{stage}.log")
-            rss[stage] = max(rss[stage], peak)
-        runs.append(times)
+    runs, rss = run_stages(commands, IHC_STAGES, workdir, repeats)
     totals = [sum(r.values()) for r in runs]
     return {"marker": marker, "threads": threads, "repeats": len(runs),
             "seconds_median": round(statistics.median(totals), 2), "seconds_runs": [round(t, 2) for t in totals],
