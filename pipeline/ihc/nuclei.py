@@ -34,7 +34,6 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     ~1 um).
     """
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
 
     if mpp <= 0:
         raise ValueError(f"mpp must be > 0, got {mpp}")
@@ -59,12 +58,35 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
         extra = ndi.maximum_position(blob, components, unseeded)
         for i, pos in enumerate(extra, start=n_peaks + 1):
             markers[pos] = i
-    labels = watershed(-blob, markers, mask=mask)
+    labels = flood(-blob, markers, components)
     areas = np.bincount(labels.ravel())
     bad = (areas < min_px) | (areas > max_px)
     bad[0] = True
     labels[bad[labels]] = 0
     return labels.astype(np.int32)
+
+
+def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.watershed(landscape, markers, mask=components > 0)`` for a mask whose connected
+    components (4-connected, labelled 1..n) each hold at least one seed: a component with a single seed is all that
+    seed's, as the watershed would make it, so only components with two or more seeds are flooded (the same labels
+    but where equal-valued pixels sit between two seeds: the flood's order among ties differs; 7 px in 60 tiles)."""
+    from skimage.segmentation import watershed
+
+    has = markers > 0
+    comp_of = np.zeros(int(markers.max()) + 1, np.int64)  # component of each seed id
+    comp_of[markers[has]] = components[has]
+    seeds = np.bincount(comp_of[1:], minlength=int(components.max()) + 1)
+    seeds[0] = 0
+    single = np.zeros(seeds.size, np.int32)
+    ids = np.arange(1, comp_of.size)
+    alone = seeds[comp_of[1:]] == 1
+    single[comp_of[1:][alone]] = ids[alone]
+    labels = single[components]
+    multi = (seeds >= 2)[components]
+    if multi.any():
+        labels = np.where(multi, watershed(landscape, np.where(multi, markers, 0), mask=multi), labels)
+    return labels
 
 
 def binary_open_cross(mask: np.ndarray) -> np.ndarray:
