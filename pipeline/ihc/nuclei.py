@@ -55,15 +55,26 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     seeded[components[markers > 0]] = True
     unseeded = np.flatnonzero(~seeded[1:]) + 1
     if len(unseeded):
-        extra = ndi.maximum_position(blob, components, unseeded)
-        for i, pos in enumerate(extra, start=n_peaks + 1):
-            markers[pos] = i
+        markers[max_positions(blob, components, unseeded)] = np.arange(n_peaks + 1, n_peaks + 1 + len(unseeded))
     labels = flood(-blob, markers, components)
     areas = np.bincount(labels.ravel())
     bad = (areas < min_px) | (areas > max_px)
     bad[0] = True
     labels[bad[labels]] = 0
     return labels.astype(np.int32)
+
+
+def max_positions(values: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the largest value of each label in ``ids`` (ascending, each present), the first in raster
+    order on ties (scipy's pick among ties is arbitrary): ``scipy.ndimage.maximum_position``, sorting only those
+    labels' pixels, not the whole image."""
+    wanted = np.zeros(int(labels.max()) + 1, bool)
+    wanted[ids] = True
+    flat = np.flatnonzero(wanted[labels])
+    label, value = labels.ravel()[flat], values.ravel()[flat]
+    order = np.lexsort((flat, -value, label))
+    first = np.r_[True, label[order][1:] != label[order][:-1]]
+    return np.unravel_index(flat[order[first]], values.shape)
 
 
 def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray) -> np.ndarray:
