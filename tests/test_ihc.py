@@ -383,3 +383,35 @@ def test_ki67_agrees_between_scanners(tmp_path, shared_data, kb):
     print(f"OS-2 Ki-67 index: {values}")
     ndpi, vsi = values.values()
     assert 15.0 < ndpi < 40.0 and abs(ndpi - vsi) <= 5.0
+
+
+def test_nucleus_shortcuts_match_scipy_and_skimage():
+    """The shortcuts in detect_nuclei give what the library calls they replace (random masks, no ties)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from pipeline.ihc.nuclei import binary_open_cross, flood, max_positions
+
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        values = ndi.gaussian_filter(rng.random((61, 47)), 1.5).astype(np.float32)
+        mask = values > np.median(values)
+        assert np.array_equal(binary_open_cross(mask), ndi.binary_opening(mask, iterations=1))
+        components, n = ndi.label(mask)
+        ids = np.arange(1, n + 1)
+        expected = [tuple(map(int, p)) for p in ndi.maximum_position(values, components, ids)]
+        assert [tuple(map(int, p)) for p in zip(*max_positions(values, components, ids), strict=True)] == expected
+        markers = np.zeros(mask.shape, np.int32)
+        markers[max_positions(values, components, ids)] = ids  # one seed per component ...
+        extra = (values >= ndi.maximum_filter(values, size=5)) & mask & (markers == 0)
+        markers[extra] = np.arange(n + 1, n + 1 + int(extra.sum()))  # ... and more in some
+        assert np.array_equal(flood(-values, markers, components), watershed(-values, markers, mask=mask))
+
+
+def test_tissue_pixels_odd_shapes():
+    from pipeline.ihc.measure import tissue_pixels
+
+    od = np.zeros((45, 33, 3), np.float32)
+    od[10:30, 5:25] = 0.2
+    mask = tissue_pixels(od, 0.5)
+    assert mask.shape == (45, 33) and mask[20, 15] and not mask[0, 0] and not mask[44, 32]

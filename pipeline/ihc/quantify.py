@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
+import multiprocessing
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,68 @@ def calibrate_slide(slide, grid_x, grid_y, grid_size_um: float, params: IhcParam
     return deconvolver, float(nucleus_od_min), method
 
 
+@dataclass(frozen=True)
+class GridJob:
+    """What measuring one grid tile needs besides the slide (see :func:`quantify_ihc`); ``level0_per_px`` is a
+    read pixel's side in level-0 px, ``want_cells`` whether cell tables come back."""
+
+    grid_x: np.ndarray
+    grid_y: np.ndarray
+    tile_px: int
+    params: IhcParams
+    nuclear: bool
+    deconvolver: Deconvolver
+    nucleus_od_min: float
+    compartment: str
+    cell_tiles: np.ndarray | None
+    tumour_cells: tuple[float, float] | None
+    level0_per_px: float
+    want_cells: bool
+
+
+def measure_grid_tile(slide, job: GridJob, i: int) -> tuple[dict, dict | None]:
+    """(counts, cell table or None) of grid tile ``i``; the cells' nucleus centroids in level-0 px (``x0``, ``y0``)."""
+    p = job.params
+    rgb = slide.read_tile(int(job.grid_x[i]), int(job.grid_y[i]), job.tile_px, p.quantify_mpp)
+    compartment = job.compartment if job.cell_tiles is not None and job.cell_tiles[i] else None
+    counts, cells = quantify_tile(rgb, p.quantify_mpp, p, job.nuclear, job.deconvolver, job.nucleus_od_min,
+                                  compartment=compartment, tumour_cells=job.tumour_cells, return_cells=True)
+    if cells is None or not job.want_cells:
+        return counts, None
+    cells["x0"] = job.grid_x[i] + (cells["cx_px"] + 0.5) * job.level0_per_px
+    cells["y0"] = job.grid_y[i] + (cells["cy_px"] + 0.5) * job.level0_per_px
+    return counts, cells
+
+
+_WORKER: dict = {}  # the worker process's own open slide and job (set by _start_worker)
+
+
+def _start_worker(path, mpp_override, job: GridJob) -> None:
+    from pipeline.slides.reader import open_slide
+
+    _WORKER.update(slide=open_slide(path, mpp=mpp_override), job=job)
+
+
+def _worker_tile(i: int) -> tuple[dict, dict | None]:
+    return measure_grid_tile(_WORKER["slide"], _WORKER["job"], i)
+
+
+def measure_grid(slide, job: GridJob, workers: int = 1) -> list[tuple[dict, dict | None]]:
+    """:func:`measure_grid_tile` of every grid tile, in grid order. With ``workers`` > 1 the tiles are shared
+    among that many processes, each opening the slide itself (the work holds the GIL too often for threads, and
+    slide readers' tile caches are not thread-safe); the results are the same, tile for tile."""
+    n = len(job.grid_x)
+    path = getattr(slide, "path", None)
+    if workers <= 1 or n < 2 or path is None:
+        return [measure_grid_tile(slide, job, i) for i in range(n)]
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)  # fork: no re-import per worker
+    override = slide.mpp if getattr(slide, "mpp_source", None) == "override" else None
+    with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=context, initializer=_start_worker,
+                             initargs=(path, override, job)) as pool:
+        return list(pool.map(_worker_tile, range(n), chunksize=max(1, min(16, n // (8 * workers)))))
+
+
 def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: float, entry: dict,
                  params: IhcParams, threads: int = 1, thumb=None, cell_tiles: np.ndarray | None = None,
                  cells_out: list | None = None) -> tuple[list[dict], dict]:
@@ -91,8 +153,8 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
     tile's :func:`~pipeline.ihc.cells.cell_table` with the nucleus centroids in level-0 px (``x0``, ``y0``).
 
     Each grid tile (top-left ``grid_x[i], grid_y[i]`` level-0 px, side ``grid_size_um``) is read once at
-    ``params.quantify_mpp`` (same physical area, more pixels). Reads are serialised by a lock (the reader's
-    tile cache is not thread-safe); deconvolution and nucleus detection run on ``threads`` workers.
+    ``params.quantify_mpp`` (same physical area, more pixels), on ``threads`` worker processes
+    (:func:`measure_grid`).
     """
     from pipeline.ihc.markers import is_nuclear
 
@@ -106,33 +168,22 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
     deconvolver, nucleus_od_min, method = calibrate_slide(slide, np.asarray(grid_x)[calib], np.asarray(grid_y)[calib],
                                                           grid_size_um, params, thumb)
     method["calibrated_on"] = "tumour region" if cell_tiles is not None and np.any(cell_tiles) else "all tiles"
-    level0_per_px = grid_size_um / slide.mpp / tile_px  # a read pixel's side in level-0 px
-    lock = threading.Lock()
-
-    def work(i: int) -> dict:
-        with lock:
-            rgb = slide.read_tile(int(grid_x[i]), int(grid_y[i]), tile_px, params.quantify_mpp)
-        compartment = entry["compartment"] if cell_tiles is not None and cell_tiles[i] else None
-        counts, cells = quantify_tile(rgb, params.quantify_mpp, params, nuclear, deconvolver, nucleus_od_min,
-                                      compartment=compartment, tumour_cells=tumour_cells, return_cells=True)
-        if cells is not None and cells_out is not None:
-            cells["x0"] = grid_x[i] + (cells["cx_px"] + 0.5) * level0_per_px
-            cells["y0"] = grid_y[i] + (cells["cy_px"] + 0.5) * level0_per_px
-            with lock:
-                cells_out.append((i, cells))
-        return counts
-
+    job = GridJob(np.asarray(grid_x), np.asarray(grid_y), tile_px, params, nuclear, deconvolver, nucleus_od_min,
+                  entry["compartment"], None if cell_tiles is None else np.asarray(cell_tiles, bool), tumour_cells,
+                  grid_size_um / slide.mpp / tile_px, cells_out is not None)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        counts = list(pool.map(work, range(len(grid_x))))
+    results = measure_grid(slide, job, threads)
     elapsed = time.perf_counter() - start
+    counts = [c for c, _ in results]
+    if cells_out is not None:
+        cells_out.extend((i, cells) for i, (_, cells) in enumerate(results) if cells is not None)
     rows = []
     for i, c in enumerate(counts):
         rows.append({"x": int(grid_x[i]), "y": int(grid_y[i]), **c, **derived_metrics(c)})
     summary = summarise_rows(rows, entry, params)
     summary.update(tiles={"quantified": len(rows), "tile_px": tile_px, "tile_um": round(grid_size_um, 3)},
                    internal_control=internal_control(counts, entry, params), method=method)
-    log.info("quantified %d tiles of %d px at %g um/px in %.1f s (%.1f tiles/s, %d threads)", len(rows), tile_px,
+    log.info("quantified %d tiles of %d px at %g um/px in %.1f s (%.1f tiles/s, %d workers)", len(rows), tile_px,
              params.quantify_mpp, elapsed, len(rows) / elapsed if elapsed > 0 else math.inf, threads)
     return rows, summary
 
@@ -154,7 +205,7 @@ def configure_parser(parser) -> None:
     parser.add_argument("--markers", default=None, help="marker knowledge base (default: the config's `markers`)")
     parser.add_argument("--out-tiles", help="ihc.parquet to write (per-tile metrics)")
     parser.add_argument("--out", help="ihc.json to write (slide totals and marker result)")
-    parser.add_argument("--threads", type=int, default=1, help="worker threads")
+    parser.add_argument("--threads", type=int, default=1, help="worker processes")
     parser.add_argument("--contact-sheet", help="PNG contact sheet: RGB | H | DAB | classes | nuclei")
     parser.add_argument("--registration", default=None,
                         help="registration.json from register-ihc (this slide onto its case's H&E slide): the marker "
