@@ -349,43 +349,34 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
                                                                 "metric": entry["reading"]["metric"], "value": None})
     else:
         record["status"], record["reason"] = "ok", ""
-        check = record["stain_check"]
-        if check["probable_mislabel"]:
-            record["status"] = "warn"
-            record["warnings"].append(f"probable mislabel: {check['reason']}")
-            record["result"] = {**record["result"], "call": "not_evaluable", "measured_call": record["result"]["call"],
-                                "reason": f"not scored: {check['reason']}"}
-            log.warning("%s: %s", slide_id, check["reason"])
-        if qc.get("status") == "warn":
-            record["warnings"].append("QC warnings: " + "; ".join(qc.get("reasons", [])))
-        ic = record.get("internal_control")
-        if ic and not ic["seen"] and record["result"]["call"] == "negative":
-            record["warnings"].append(f"negative without visible internal control ({ic['expected']}): "
-                                      "a technical failure cannot be excluded")
+        _warn(record, qc, slide_id)
     meta["status"] = record["status"]
     if args.out_cells:
-        write_cells(args.out_cells, slide_id, cell_tables, level0_mpp, record)
+        from pipeline.outputs.cell_geojson import write_slide_cells
+
+        write_slide_cells(args.out_cells, slide_id, cell_tables, level0_mpp, record)
     write_tiles(args.out_tiles, rows, meta)
     atomic.write_json(args.out, record)
     res = record["result"]
     log.info("%s %s: %s (%s = %s)", slide_id, args.marker, res["call"], res.get("metric"), res.get("value"))
 
 
-def write_cells(path, slide_id: str, cell_tables: list, level0_mpp: float | None, record: dict) -> None:
-    """cells.geojson: the cells scored in the tumour region as QuPath detections (empty, saying why, otherwise)."""
-    from pipeline.outputs.cell_geojson import write_cells_geojson
-
-    region = record.get("region") or {}
-    if record.get("status") == "failed":
-        note = f"no cells: {record.get('reason')}"
-    elif not region.get("restricted_to_tumour"):
-        note = f"no cells: {region.get('reason', 'not read in a tumour region')}"
-    else:
-        note = f"cells of the {region.get('tiles')} tumour-region tiles; {region.get('reason')}"
-    tables = [t for _, t in sorted(cell_tables, key=lambda it: it[0])]
-    n = write_cells_geojson(path, slide_id, tables, level0_mpp or 1.0)
-    record["cells_geojson"] = {"detections": n, "note": note, "coordinates": "level-0 px"}
-    log.info("%s: %d cells written to %s", slide_id, n, path)
+def _warn(record: dict, qc: dict, slide_id: str) -> None:
+    """A quantified slide's warnings: probable mislabel (then not scored), QC warnings, a negative result without
+    its internal control."""
+    check = record["stain_check"]
+    if check["probable_mislabel"]:
+        record["status"] = "warn"
+        record["warnings"].append(f"probable mislabel: {check['reason']}")
+        record["result"] = {**record["result"], "call": "not_evaluable", "measured_call": record["result"]["call"],
+                            "reason": f"not scored: {check['reason']}"}
+        log.warning("%s: %s", slide_id, check["reason"])
+    if qc.get("status") == "warn":
+        record["warnings"].append("QC warnings: " + "; ".join(qc.get("reasons", [])))
+    ic = record.get("internal_control")
+    if ic and not ic["seen"] and record["result"]["call"] == "negative":
+        record["warnings"].append(f"negative without visible internal control ({ic['expected']}): "
+                                  "a technical failure cannot be excluded")
 
 
 def _params_record(params: IhcParams) -> dict:

@@ -15,18 +15,21 @@ pixel coordinates** like ``tiles.geojson`` (:mod:`pipeline.outputs.geojson`; QuP
 Ids are UUID-5 of slide id and centroid, so reruns give the same bytes. A slide not read in a tumour region (or
 failed) gets an empty FeatureCollection; ihc.json's ``cells_geojson`` says how many cells were written and why.
 
-Public: :func:`cell_features`, :func:`write_cells_geojson`.
+Public: :func:`cell_features`, :func:`write_cells_geojson`, :func:`write_slide_cells`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 import numpy as np
 
 from pipeline import atomic
 from pipeline.outputs.geojson import COORD_DECIMALS, IHC_COLOURS, _number
+
+log = logging.getLogger(__name__)
 
 CELL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "slide-triage/cell")  # never change it (ids would change)
 SET_ASIDE = "Set aside (not tumour-like)"
@@ -78,3 +81,20 @@ def write_cells_geojson(path, slide_id: str, tables: list[dict], level0_mpp: flo
     doc = {"type": "FeatureCollection", "features": features}
     atomic.write_text(path, json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
     return len(features)
+
+
+def write_slide_cells(path, slide_id: str, cell_tables: list, level0_mpp: float | None, record: dict) -> None:
+    """quantify-ihc's ``cells.geojson``: the cells of ``cell_tables`` ((tile index, :func:`~pipeline.ihc.cells
+    .cell_table`) pairs, level-0 ``x0``, ``y0``) in tile order; ``record`` (ihc.json) gets ``cells_geojson``, the
+    count and why (no cells when the slide failed or was not read in a tumour region)."""
+    region = record.get("region") or {}
+    if record.get("status") == "failed":
+        note = f"no cells: {record.get('reason')}"
+    elif not region.get("restricted_to_tumour"):
+        note = f"no cells: {region.get('reason', 'not read in a tumour region')}"
+    else:
+        note = f"cells of the {region.get('tiles')} tumour-region tiles; {region.get('reason')}"
+    tables = [t for _, t in sorted(cell_tables, key=lambda it: it[0])]
+    n = write_cells_geojson(path, slide_id, tables, level0_mpp or 1.0)
+    record["cells_geojson"] = {"detections": n, "note": note, "coordinates": "level-0 px"}
+    log.info("%s: %d cells written to %s", slide_id, n, path)
