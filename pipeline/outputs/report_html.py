@@ -147,6 +147,15 @@ def region_text(region: dict | None) -> str:
     return region.get("reason", "") + (f" ({how})" if how else "")
 
 
+METRIC_LABELS = {"cells_positive_pct": "% of tumour cells positive", "nuclei_positive_pct": "% of nuclei positive",
+                 "area_positive_pct": "% of tissue area DAB >= 1+", "h_score": "H-score (pixels)"}
+
+
+def metric_text(metric: str | None) -> str:
+    """A reading's metric as a pathologist reads it, with its key (ihc.json)."""
+    return f"{METRIC_LABELS[metric]} ({metric})" if metric in METRIC_LABELS else (metric or "")
+
+
 def _ihc_table(slides: list[dict]) -> str:
     ihc = [s for s in slides if s["kind"] == "IHC"]
     if not ihc:
@@ -163,9 +172,11 @@ def _ihc_table(slides: list[dict]) -> str:
         ic_text = "" if not ic else ("seen" if ic.get("seen") else "not seen") + f" ({ic.get('expected', '')})"
         sc = s.get("stain_check") or {}
         sc_text = "probable mislabel" if sc.get("probable_mislabel") else ("consistent" if sc else "")
-        whole = ((d.get("whole_tissue") or {}).get("result") or {}).get("value")
-        cells = (s["slide_id"], s["stain"], r.get("call"), r.get("metric"), fmt(r.get("value")), fmt(r.get("cutoff")),
-                 region_text(d.get("region")), fmt(whole), dist, ic_text, sc_text,
+        whole = (d.get("whole_tissue") or {}).get("result") or {}
+        whole_text = f"{fmt(whole.get('value'))} ({METRIC_LABELS.get(whole.get('metric'), whole.get('metric'))})" \
+            if whole else ""
+        cells = (s["slide_id"], s["stain"], r.get("call"), metric_text(r.get("metric")), fmt(r.get("value")),
+                 fmt(r.get("cutoff")), region_text(d.get("region")), whole_text, dist, ic_text, sc_text,
                  s["status"] + (f": {s['reason']}" if s["reason"] else ""))
         body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     return (f'<table><caption>Immunohistochemistry (automated DAB quantification)</caption>'
