@@ -122,3 +122,26 @@ def test_every_per_tumour_cell_cut_off_names_a_known_source(kb):
         if per_cell:
             assert per_cell["source"] in kb["sources"], name
             assert 0 < per_cell["positive_at"] <= 100, name
+
+
+def _row(cells: int, positive: int, area_pct: float) -> dict:
+    tissue = 200000
+    row = {**dict.fromkeys(COUNT_COLUMNS + SUM_COLUMNS, 0), "pixels": tissue, "tissue_px": tissue,
+           "px_2plus": int(tissue * area_pct / 100), "cells": cells, "cells_2plus": positive}
+    row.update(derived_metrics(row))
+    return row
+
+
+@pytest.mark.parametrize("cells, metric", [(600, "cells_positive_pct"), (40, "area_positive_pct")])
+def test_region_falls_back_to_its_area_reading_with_too_few_tumour_cells(kb, cells, metric):
+    from pipeline.ihc.quantify import restrict_to_tumour
+
+    entry = kb["markers"]["CK_AE1AE3"]
+    rows = [_row(cells // 2, cells // 2, 60.0), _row(cells // 2, cells // 2, 60.0), _row(0, 0, 1.0)]
+    record = {"slide_id": "S", **summarise_rows(rows, entry, PARAMS)}
+    region = {"restricted_to_tumour": True, "reason": "tumour region"}
+    restrict_to_tumour(record, rows, region, np.array([True, True, False]), PARAMS, entry)
+    assert record["result"]["metric"] == metric and record["result"]["call"] == "positive"
+    assert region["per_tumour_cell"] == (metric == "cells_positive_pct")
+    assert ("per_cell_reason" in region) == (metric != "cells_positive_pct")
+    assert record["whole_tissue"]["result"]["metric"] == "area_positive_pct"

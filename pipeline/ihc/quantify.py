@@ -280,8 +280,19 @@ def restrict_to_tumour(record: dict, rows: list[dict], region: dict, inside: np.
         log.warning("%s: %s", record["slide_id"], region["reason"])
         return
     record["whole_tissue"] = {k: record[k] for k in ("tissue_mm2", "counts", "metrics", "distribution", "result")}
-    tumour = summarise_rows([r for r, keep in zip(rows, inside, strict=True) if keep], per_tumour_cell_entry(entry),
-                            params)
+    in_region = [r for r, keep in zip(rows, inside, strict=True) if keep]
+    reading = per_tumour_cell_entry(entry)
+    tumour = summarise_rows(in_region, reading, params)
+    region["per_tumour_cell"] = reading is not entry
+    if reading is not entry and tumour["metrics"]["cells"] < params.min_nuclei:
+        # too few tumour-like cells to read per cell (pale counterstain, a tumour of small cells): the region is
+        # read as the whole tissue is, and says so
+        region["per_tumour_cell"] = False
+        region["per_cell_reason"] = (f"not read per tumour cell: only {tumour['metrics']['cells']} tumour-like "
+                                     f"cells found (need {params.min_nuclei}); read by {entry['reading']['metric']} "
+                                     "in the region")
+        log.warning("%s: %s", record["slide_id"], region["per_cell_reason"])
+        tumour = summarise_rows(in_region, entry, params)
     region["tiles"] = tumour.pop("tiles")
     record.update(tumour)
     log.info("%s: read in the tumour region (%d of %d tiles): %s", record["slide_id"], region["tiles"], len(rows),

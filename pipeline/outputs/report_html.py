@@ -143,7 +143,8 @@ def region_text(region: dict | None) -> str:
     how = (f"registered onto {reg.get('he_slide_id')}: score {fmt(reg.get('score'))}, residual p95 "
            f"{fmt(reg.get('residual_p95_um'), 1)} um") if reg.get("status") == "ok" else ""
     if region.get("restricted_to_tumour"):
-        return f"tumour region ({region.get('tiles')} tiles; {how})"
+        per_cell = f"; {region['per_cell_reason']}" if region.get("per_cell_reason") else ""
+        return f"tumour region ({region.get('tiles')} tiles; {how}){per_cell}"
     return region.get("reason", "") + (f" ({how})" if how else "")
 
 
