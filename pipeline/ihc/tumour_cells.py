@@ -14,7 +14,7 @@ Areas and widths are those of the detected nucleus (:func:`pipeline.ihc.nuclei.d
 over ~1 um, so a drawn 6 um lymphocyte reads about 45 um2). Measured on 12 tumour-region tiles of each of four
 sample IHC slides, detected nuclei matched to the generator's drawn cells (within 4 um): 5.5 um and 55 um2 keep
 68-78 % of the detected tumour nuclei (gland, squamous, spindle), set aside 611 of 613 fibroblasts and 60 % of
-lymphocytes. Over each slide's whole tumour region the kept cells read ER 82.1 %, p40 90.6 %, desmin 85.0 % against
+lymphocytes. Over each slide's whole tumour region the kept cells read ER 82.0 %, p40 90.5 %, desmin 85.0 % against
 85.6, 92.2 and 84.7 % of tumour cells drawn positive (keratin reads low, README). Limits: a small-cell carcinoma, a
 lymphoma or a round-cell sarcoma has tumour nuclei of lymphocyte size (set ``min_area_um2`` lower, or read those
 markers on whole tissue); two touching lymphocytes detected as one nucleus pass as a tumour cell.
