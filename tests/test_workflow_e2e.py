@@ -71,3 +71,26 @@ def test_worklist_puts_tumour_cases_first(cohort_run):
     order = [r["case_id"] for r in rows]
     assert set(order[:3]) == {"A", "B", "C"}, order  # carcinoma and sarcoma calls: seen first
     assert order[-1] == "D" and [r["priority"] for r in rows] == ["1", "1", "1", "3"], order  # no tumour last
+
+
+def test_a_deleted_stage_file_is_made_again(cohort_run):
+    """ihc.json, cells.geojson and scores.parquet are results a person opens: the default target asks for them, so a
+    run after one was deleted remakes it (and what follows from it) instead of reporting nothing to do. (A dry run
+    in the finished run's directory, the file moved aside and put back, so other tests see the run unchanged.)"""
+    import os
+    import subprocess
+
+    from conftest import snakemake_cmd
+
+    ihc = next(s for s, r in _truth().items() if r["stain"] != "HE")
+    path = cohort_run / "results" / "slides" / ihc / "ihc.json"
+    aside = path.with_name("ihc.json.aside")
+    os.replace(path, aside)
+    try:
+        proc = subprocess.run(snakemake_cmd(cohort_run, cohort_run / "samples.tsv", "--dry-run"),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        os.replace(aside, path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "quantify_ihc" in out and "score_tiles" not in out, out[-3000:]

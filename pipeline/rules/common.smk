@@ -81,6 +81,10 @@ def all_outputs(wildcards):
             d = slide_dir(slide)
             targets += [f"{d}/summary.json", f"{d}/tiles.geojson", f"{d}/heatmap.png", f"{d}/top_tiles.png",
                         f"{d}/tissue_overlay.png"]
+            # each stage's own files are results too: a deleted one is made again, not left missing
+            stain_files = ["scores.parquet"] if SAMPLES[slide]["stain"] == HE_STAIN else [
+                "ihc.json", "ihc.parquet", "cells.geojson"]
+            targets += [f"{d}/{name}" for name in stain_files]
         targets += [f"{RESULTS}/cases/{case}/case.json" for case in CASES]
         targets += [f"{RESULTS}/worklist.tsv", f"{RESULTS}/report.html", f"{RESULTS}/run_metadata.json"]
     return targets
