@@ -360,3 +360,10 @@ def _tissue_extent_um(level: Level) -> float:
 def level0_matrix(rigid: Rigid, he_mpp: float, ihc_mpp: float) -> np.ndarray:
     """``rigid`` as a 3x3 matrix from IHC level-0 px to H&E level-0 px (each slide's own level-0 um/px)."""
     return np.diag([1.0 / he_mpp, 1.0 / he_mpp, 1.0]) @ rigid.matrix_um() @ np.diag([ihc_mpp, ihc_mpp, 1.0])
+
+
+def map_points(matrix, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Points (``x``, ``y``: arrays of level-0 px) through a 3x3 rigid matrix such as :func:`level0_matrix`'s."""
+    m = np.asarray(matrix, np.float64)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return m[0, 0] * x + m[0, 1] * y + m[0, 2], m[1, 0] * x + m[1, 1] * y + m[1, 2]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.ihc.params import IhcParams
+from pipeline.ihc.registration import map_points
 
 SAMPLES = 4  # points per side of a tile at which the tissue masks are looked up
 
@@ -58,14 +59,12 @@ def registered_tiles(ref_size_px: tuple[int, int], ref_mpp: float, ref_mask: np.
     offsets = (np.arange(SAMPLES) + 0.5) / SAMPLES * side0
     ox, oy = (o.ravel() for o in np.meshgrid(offsets, offsets))
     px, py = (x[:, None] + ox[None, :]).ravel(), (y[:, None] + oy[None, :]).ravel()
-    qx = to_other[0, 0] * px + to_other[0, 1] * py + to_other[0, 2]
-    qy = to_other[1, 0] * px + to_other[1, 1] * py + to_other[1, 2]
+    qx, qy = map_points(to_other, px, py)
     on_ref = _mask_fraction(ref_mask, ref_mask_mpp, ref_mpp, px, py).reshape(len(x), -1).mean(axis=1)
     on_other = _mask_fraction(other_mask, other_mask_mpp, other_mpp, qx, qy).reshape(len(x), -1).mean(axis=1)
     other_side0 = tile_um / other_mpp
     cx, cy = x + side0 / 2.0, y + side0 / 2.0
-    ox0 = to_other[0, 0] * cx + to_other[0, 1] * cy + to_other[0, 2] - other_side0 / 2.0
-    oy0 = to_other[1, 0] * cx + to_other[1, 1] * cy + to_other[1, 2] - other_side0 / 2.0
+    ox0, oy0 = (c - other_side0 / 2.0 for c in map_points(to_other, cx, cy))
     fits = ((ox0 >= 0) & (oy0 >= 0) & (ox0 + other_side0 <= other_size_px[0])
             & (oy0 + other_side0 <= other_size_px[1]))
     keep = (on_ref >= min_tissue_fraction) & (on_other >= min_tissue_fraction) & fits

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.ihc.registration import map_points
+
 
 def tumour_tiles(prob_carcinoma: np.ndarray, prob_sarcoma: np.ndarray, prob_min: float) -> np.ndarray:
     """Boolean per H&E tile: the model's tumour probability (carcinoma + sarcoma) reaches ``prob_min``."""
@@ -54,8 +56,7 @@ def region_fraction(ihc_x: np.ndarray, ihc_y: np.ndarray, ihc_tile_level0: float
     ox, oy = np.meshgrid(offsets, offsets)
     px = (ihc_x[:, None] + ox.ravel()[None, :]).ravel()
     py = (ihc_y[:, None] + oy.ravel()[None, :]).ravel()
-    m = np.asarray(ihc_to_he, np.float64)
-    hx, hy = m[0, 0] * px + m[0, 1] * py + m[0, 2], m[1, 0] * px + m[1, 1] * py + m[1, 2]
+    hx, hy = map_points(ihc_to_he, px, py)
     col = np.floor((hx - origin[0]) / cell).astype(np.int64)
     row = np.floor((hy - origin[1]) / cell).astype(np.int64)
     inside_raster = (row >= 0) & (row < dist.shape[0]) & (col >= 0) & (col < dist.shape[1])
