@@ -184,7 +184,7 @@ def test_rules_run_under_snakemake_and_its_report_has_the_pictures(tmp_path):
     for p in [*slides.values(), model / "card.json", model / "weights.pt", results / "config.yaml"]:
         os.utime(p, (base, base))
     for step, patterns in enumerate((("qc.json", "thumb.png", "tissue.png"), ("tiles.parquet",),
-                                     ("scores.parquet", "ihc.json", "ihc.parquet")), start=1):
+                                     ("scores.parquet", "ihc.json", "ihc.parquet", "cells.geojson")), start=1):
         for pattern in patterns:
             for p in results.glob(f"slides/*/{pattern}"):
                 os.utime(p, (base + step, base + step))

@@ -61,7 +61,8 @@ def run_stages(slide: Path, slide_id: str, stain: str, results: Path) -> Path:
     else:
         assert main(["quantify-ihc", "--slide", str(slide), "--slide-id", slide_id, "--marker", stain, "--tiles",
                      str(d / "tiles.parquet"), "--qc", str(d / "qc.json"), "--config", CONFIG, "--markers", MARKERS,
-                     "--out-tiles", str(d / "ihc.parquet"), "--out", str(d / "ihc.json")]) == 0
+                     "--out-tiles", str(d / "ihc.parquet"), "--out", str(d / "ihc.json"),
+                     "--out-cells", str(d / "cells.geojson")]) == 0
     return d
 
 
