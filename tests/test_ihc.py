@@ -408,6 +408,63 @@ def test_nucleus_shortcuts_match_scipy_and_skimage():
         assert np.array_equal(flood(-values, markers, components), watershed(-values, markers, mask=mask))
 
 
+def test_opencv_filters_match_scipy():
+    """pipeline.ihc.filters gives what the scipy.ndimage calls it replaces (float32 rounding apart)."""
+    from scipy import ndimage as ndi
+
+    from pipeline.ihc import filters
+
+    rng = np.random.default_rng(5)
+    for shape in [(64, 48), (7, 5), (3, 2)]:
+        img = ndi.gaussian_filter(rng.random(shape), 1.0).astype(np.float32)
+        for sigma in (0.6, 2.0, 3.46):
+            assert np.allclose(filters.gaussian(img, sigma), ndi.gaussian_filter(img, sigma), atol=1e-6)
+        assert np.allclose(filters.laplace(img), ndi.laplace(img), atol=1e-6)
+        for size in (3, 13):
+            assert np.array_equal(filters.maximum(img, size), ndi.maximum_filter(img, size=size))
+        mask = img > np.median(img)
+        assert np.array_equal(filters.open_cross(mask), ndi.binary_opening(mask, iterations=1))
+        labels, n = filters.label4(mask)
+        expected, n_expected = ndi.label(mask)
+        assert n == n_expected and np.array_equal(labels, expected)
+        padded = np.pad(img, ((0, shape[0] % 2), (0, shape[1] % 2)), mode="edge")
+        blocks = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
+        assert np.allclose(filters.block_mean(img, 2), blocks, atol=1e-6)
+
+
+def test_block_flood_keeps_components_and_seeds():
+    """flood on 2 px blocks: every mask pixel goes to a seed of its own component, every seed keeps its pixel, and
+    nearly all pixels get the label the pixel flood gives."""
+    from scipy import ndimage as ndi
+
+    from pipeline.ihc.nuclei import flood
+
+    rng = np.random.default_rng(7)
+    agree = []
+    for _ in range(10):
+        values = ndi.gaussian_filter(rng.random((90, 71)), 2.0).astype(np.float32)
+        mask = values > np.quantile(values, 0.4)
+        components, n = ndi.label(mask)
+        markers = np.zeros(mask.shape, np.int32)
+        peaks = (values >= ndi.maximum_filter(values, size=7)) & mask
+        markers[peaks] = np.arange(1, int(peaks.sum()) + 1)
+        seeded = np.zeros(n + 1, bool)
+        seeded[components[peaks]] = True
+        lonely = np.flatnonzero(~seeded[1:]) + 1
+        for i, c in enumerate(lonely):  # one seed in each component without a peak
+            ys, xs = np.nonzero(components == c)
+            markers[ys[0], xs[0]] = int(peaks.sum()) + 1 + i
+        exact = flood(-values, markers, components)
+        coarse = flood(-values, markers.copy(), components, block_px=2)
+        comp_of = np.zeros(int(markers.max()) + 1, np.int64)
+        comp_of[markers[markers > 0]] = components[markers > 0]
+        assert np.array_equal(coarse > 0, mask)
+        assert np.array_equal(comp_of[coarse[mask]], components[mask])
+        assert np.array_equal(coarse[markers > 0], markers[markers > 0])
+        agree.append(np.mean(coarse[mask] == exact[mask]))
+    assert np.mean(agree) > 0.9
+
+
 def test_tissue_pixels_odd_shapes():
     from pipeline.ihc.measure import tissue_pixels
 

@@ -1,11 +1,14 @@
-"""Nuclei on H and DAB OD images (pure numpy/scikit-image): :func:`detect_nuclei` (Gaussian smoothing, OD
-threshold, watershed seeded by a Laplacian of Gaussian, sized for the um/px), :func:`estimate_nucleus_threshold`,
-:func:`nucleus_means`, :func:`nucleus_classes` (DAB class per nucleus) and :func:`nucleus_counts`."""
+"""Nuclei on H and DAB OD images (pure: numpy, scikit-image, and OpenCV via :mod:`pipeline.ihc.filters`):
+:func:`detect_nuclei` (Gaussian smoothing, OD threshold, watershed seeded by a Laplacian of Gaussian, sized for the
+um/px), :func:`estimate_nucleus_threshold`, :func:`nucleus_means`, :func:`nucleus_classes` (DAB class per nucleus)
+and :func:`nucleus_counts`."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline import opencv
+from pipeline.ihc import filters
 from pipeline.ihc.stain import intensity_classes
 
 # Seeds: the Laplacian-of-Gaussian scale of a nucleus (sigma ~ radius / sqrt(2) for the 5-8 um nuclei of tumour
@@ -16,6 +19,11 @@ SEED_SIGMA_UM = 2.0
 # 27 % of drawn ER-negative gland nuclei were missed and 26 % of those found read brown; ER on pure tumour tiles
 # read 92.8 % against 85.3 % drawn, at 0.5 OD 88.2 %). Nuclei are 0.5-1.2 OD; the class still reads the raw means.
 SIGNAL_CAP_OD = 0.5
+# Touching nuclei are split on blocks of about this side (2 px at 0.5 um/px; whole pixels at 1 um/px or coarser):
+# on the sample slides' drawn cells the tumour-like nuclei and per-cell figures moved by under a point against the
+# pixel flood (A-ER 75.1 vs 75.3 %, B-p40 88.3 vs 88.4 %, C-desmin 83.6 vs 84.5 % on 12 tiles each) and the tile
+# took 18 ms less.
+FLOOD_UM = 1.0
 
 
 def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um: float = 1.0,
@@ -33,13 +41,11 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     (debris, unsplit clumps) are dropped. Defaults follow QuPath's positive-cell detection (0.5 um/px, 10-400 um2,
     ~1 um).
     """
-    from scipy import ndimage as ndi
-
     if mpp <= 0:
         raise ValueError(f"mpp must be > 0, got {mpp}")
     raw = np.minimum(h_od + dab_od, max(SIGNAL_CAP_OD, od_min + 0.2)).astype(np.float32)  # headroom over od_min
     sigma = max(sigma_um / mpp, 0.1)
-    smooth = ndi.gaussian_filter(raw, sigma=sigma)
+    smooth = filters.gaussian(raw, sigma)
     px_area = mpp * mpp
     min_px, max_px = max(1, int(round(min_area_um2 / px_area))), int(round(max_area_um2 / px_area))
     mask = binary_open_cross(smooth >= od_min)
@@ -47,16 +53,16 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
         return np.zeros(mask.shape, np.int32)
     blob = _blob(raw, smooth, sigma, max(seed_sigma_um / mpp, 0.5))
     size = 2 * max(1, int(round(min_distance_um / mpp))) + 1
-    peaks = (blob >= ndi.maximum_filter(blob, size=size) - 1e-6) & mask  # a plateau = one seed
-    markers, n_peaks = ndi.label(peaks)
-    components, _ = ndi.label(mask)
+    peaks = (blob >= filters.maximum(blob, size) - 1e-6) & mask  # a plateau = one seed
+    markers, n_peaks = filters.label4(peaks)
+    components, _ = filters.label4(mask)
     # Components with no seed (a bigger neighbour's maximum within the window) get one so they are not lost.
     seeded = np.zeros(components.max() + 1, bool)
     seeded[components[markers > 0]] = True
     unseeded = np.flatnonzero(~seeded[1:]) + 1
     if len(unseeded):
         markers[max_positions(blob, components, unseeded)] = np.arange(n_peaks + 1, n_peaks + 1 + len(unseeded))
-    labels = flood(-blob, markers, components)
+    labels = flood(-blob, markers, components, block_px=max(1, int(FLOOD_UM / mpp + 1e-6)))
     areas = np.bincount(labels.ravel())
     bad = (areas < min_px) | (areas > max_px)
     bad[0] = True
@@ -77,11 +83,18 @@ def max_positions(values: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> tu
     return np.unravel_index(flat[order[first]], values.shape)
 
 
-def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray) -> np.ndarray:
+def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray, block_px: int = 1) -> np.ndarray:
     """``skimage.segmentation.watershed(landscape, markers, mask=components > 0)`` for a mask whose connected
     components (4-connected, labelled 1..n) each hold at least one seed: a component with a single seed is all that
     seed's, as the watershed would make it, so only components with two or more seeds are flooded (the same labels
-    but where equal-valued pixels sit between two seeds: the flood's order among ties differs; 7 px in 60 tiles)."""
+    but where equal-valued pixels sit between two seeds: the flood's order among ties differs; 7 px in 60 tiles).
+
+    With ``block_px`` > 1 those components are flooded on ``block_px`` x ``block_px`` block means of the landscape
+    (their seeds at the block holding them, a block in the mask where any of its pixels is) and each pixel takes its
+    block's label: the dividing lines between touching nuclei fall on block edges, and the flood, the costliest
+    step of a tile, handles a quarter of the pixels at 2 px blocks. A pixel whose block went to a seed of another
+    component (two components a pixel apart share a block) takes the label of its own component's nearest
+    labelled pixel instead (:func:`_own_component`)."""
     from skimage.segmentation import watershed
 
     has = markers > 0
@@ -95,28 +108,65 @@ def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray) ->
     single[comp_of[1:][alone]] = ids[alone]
     labels = single[components]
     multi = (seeds >= 2)[components]
-    if multi.any():
-        labels = np.where(multi, watershed(landscape, np.where(multi, markers, 0), mask=multi), labels)
+    if not multi.any():
+        return labels
+    if block_px <= 1:
+        return np.where(multi, watershed(landscape, np.where(multi, markers, 0), mask=multi), labels)
+    h, w = landscape.shape
+    padded = np.pad(multi, ((0, -h % block_px), (0, -w % block_px)))
+    coarse_mask = np.zeros((padded.shape[0] // block_px, padded.shape[1] // block_px), bool)
+    for dy in range(block_px):
+        for dx in range(block_px):
+            coarse_mask |= padded[dy::block_px, dx::block_px]
+    coarse_markers = np.zeros(coarse_mask.shape, np.int32)
+    ys, xs = np.nonzero(has & multi)
+    coarse_markers[ys // block_px, xs // block_px] = markers[ys, xs]
+    coarse = watershed(filters.block_mean(landscape, block_px), coarse_markers, mask=coarse_mask)
+    fine = np.repeat(np.repeat(coarse, block_px, axis=0), block_px, axis=1)[:h, :w]
+    labels = np.where(multi, fine, labels)
+    return _own_component(labels, comp_of, components)
+
+
+def _own_component(labels: np.ndarray, comp_of: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """``labels`` with every pixel labelled by a seed of another component (``comp_of``: component of each seed
+    id) relabelled by growing its own component's labels into it, a 4-neighbour step at a time."""
+    wrong = (labels > 0) & (comp_of[labels] != components)
+    if not wrong.any():
+        return labels
+    ys, xs = np.nonzero(wrong)
+    y0, y1, x0, x1 = max(int(ys.min()) - 1, 0), int(ys.max()) + 2, max(int(xs.min()) - 1, 0), int(xs.max()) + 2
+    window = labels[y0:y1, x0:x1].astype(np.float32)  # exact for ids < 2**24; cv2 dilates float32
+    todo = wrong[y0:y1, x0:x1]
+    comp = components[y0:y1, x0:x1]
+    window[todo] = 0
+    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+    cv2 = opencv.cv2()
+    while todo.any():
+        grown = cv2.dilate(window, cross)
+        ids = grown.astype(np.int64)
+        new = todo & (ids > 0) & (comp_of[ids] == comp)
+        if not new.any():
+            break  # nothing of its own component reaches it (cannot happen: each component holds a seed)
+        window[new] = grown[new]
+        todo &= ~new
+    labels[y0:y1, x0:x1] = window.astype(np.int32)
     return labels
 
 
 def binary_open_cross(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_opening(mask, iterations=1)`` (3 x 3 cross, outside = background) by array shifts."""
-    p = np.pad(mask, 1)
-    eroded = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-    q = np.pad(eroded, 1)
-    return q[1:-1, 1:-1] | q[:-2, 1:-1] | q[2:, 1:-1] | q[1:-1, :-2] | q[1:-1, 2:]
+    """``scipy.ndimage.binary_opening(mask, iterations=1)`` (3 x 3 cross, outside = background)."""
+    return filters.open_cross(mask)
 
 
 def _blob(raw: np.ndarray, smooth: np.ndarray, sigma: float, s: float) -> np.ndarray:
     """Scale-normalised Laplacian of Gaussian of ``raw`` at ``s`` px, negated (blobs positive). ``smooth`` is
     ``raw`` already smoothed at ``sigma`` px, so only sqrt(s^2 - sigma^2) more is needed (Gaussians compose), and
     the Laplacian of a signal that smooth is the 5-point one (within 1 % of the Gaussian-derivative kernels)."""
-    from scipy import ndimage as ndi
-
     if s <= sigma:
+        from scipy import ndimage as ndi
+
         return -ndi.gaussian_laplace(raw, sigma=s) * (s * s)
-    return -ndi.laplace(ndi.gaussian_filter(smooth, sigma=float(np.sqrt(s * s - sigma * sigma)))) * (s * s)
+    return -filters.laplace(filters.gaussian(smooth, float(np.sqrt(s * s - sigma * sigma)))) * (s * s)
 
 
 def estimate_nucleus_threshold(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, sigma_um: float = 1.0,
@@ -127,12 +177,11 @@ def estimate_nucleus_threshold(h_od: np.ndarray, dab_od: np.ndarray, mpp: float,
     threshold). Scanners differ by a factor of two here (OS-2: NDPI 0.16, VSI 0.09 OD), which a fixed
     threshold would turn into a Ki-67 difference. Clipped to ``od_range``.
     """
-    from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
     sigma = max(sigma_um / mpp, 0.1)
-    h_s = ndi.gaussian_filter(h_od.astype(np.float32), sigma)
-    dab_s = ndi.gaussian_filter(dab_od.astype(np.float32), sigma)
+    h_s = filters.gaussian(h_od, sigma)
+    dab_s = filters.gaussian(dab_od, sigma)
     values = h_s[(dab_s < dab_negative_max) & (h_s > 0.01)]
     if values.size < 100 or np.ptp(values) <= 0:
         return float(od_range[0])
