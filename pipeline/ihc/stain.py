@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline import opencv
+
 # Ruifrok & Johnston (2001) OD vectors (rows: stains; columns: R, G, B absorption).
 _H = (0.650, 0.704, 0.286)
 _DAB = (0.268, 0.570, 0.776)
@@ -169,6 +171,9 @@ class Deconvolver:
         self.matrix = np.asarray(matrix, np.float64)
         self.background = tuple(float(v) for v in background)
         self._inverse = np.linalg.inv(self.matrix).astype(np.float32)
+        # rgb_to_od of every uint8 level per channel: a tile's OD is then a table look-up (same float32 values)
+        levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+        self._od_table = rgb_to_od(levels, self.background).reshape(1, 256, 3)
 
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(H OD, DAB OD, per-channel RGB OD) of an RGB tile."""
@@ -177,8 +182,14 @@ class Deconvolver:
 
     def concentrations(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(stain concentrations ``(..., 3)`` in matrix order, clipped at 0; per-channel RGB OD), float32."""
-        od = rgb_to_od(rgb, self.background)
-        return np.maximum(od @ self._inverse, 0.0), od
+        cv2 = opencv.cv2()
+        _check_rgb(rgb)
+        shape = rgb.shape
+        flat = np.ascontiguousarray(rgb).reshape(1, -1, 3)  # cv2 takes a 2-D image of 3 channels
+        od = cv2.LUT(flat, self._od_table)
+        conc = cv2.transform(od, self._inverse.T)  # per pixel: inverse.T @ od = od @ inverse
+        np.maximum(conc, 0.0, out=conc)
+        return conc.reshape(shape), od.reshape(shape)
 
 
 def intensity_classes(dab_od: np.ndarray, thresholds=(0.2, 0.4, 0.6)) -> np.ndarray:
