@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.ihc import filters
 from pipeline.ihc.cells import CELL_COUNT_COLUMNS, cell_metrics, cell_table, counts_from_table, empty_counts
 from pipeline.ihc.nuclei import detect_nuclei, estimate_nucleus_threshold, nucleus_counts, nucleus_means
 from pipeline.ihc.params import IhcParams
-from pipeline.ihc.stain import Deconvolver, intensity_classes
+from pipeline.ihc.stain import Deconvolver
 
 # Per-tile count columns, summed over tiles for the slide totals (so slide percentages weigh every pixel
 # and every nucleus and cell equally, not every tile).
@@ -35,20 +36,19 @@ def tissue_pixels(rgb_od: np.ndarray, mpp: float, od_min: float = 0.015, sigma_u
     scan: median tissue OD 0.018 against the NDPI scan's 0.049); lumens and glass stay out. A smoothing of 2 px
     or more is done on 2 x 2 block means (a quarter of the pixels; the mask's edge then falls on even pixels).
     """
-    from scipy import ndimage as ndi
     from skimage.morphology import remove_small_holes
 
     mean_od = rgb_od @ np.full(3, 1 / 3, rgb_od.dtype)
     sigma = max(sigma_um / mpp, 0.1)
     hole_px = int(max_hole_um2 / (mpp * mpp))
     if sigma < 2.0 or min(mean_od.shape) < 2:
-        mask = ndi.gaussian_filter(mean_od, sigma=sigma) >= od_min
+        mask = filters.gaussian(mean_od, sigma) >= od_min
         return remove_small_holes(mask, max_size=hole_px) if hole_px > 0 else mask
     h, w = mean_od.shape
     padded = np.pad(mean_od, ((0, h % 2), (0, w % 2)), mode="edge")
     half = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]) * 0.25
     # a 2-px block mean is itself a smoothing of variance 1/4 px^2 along each axis
-    mask = ndi.gaussian_filter(half, sigma=float(np.sqrt(sigma * sigma - 0.25)) / 2) >= od_min
+    mask = filters.gaussian(half, float(np.sqrt(sigma * sigma - 0.25)) / 2) >= od_min
     if hole_px >= 4:
         mask = remove_small_holes(mask, max_size=hole_px // 4)
     return np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)[:h, :w]
@@ -58,12 +58,12 @@ def pixel_counts(h_od: np.ndarray, dab_od: np.ndarray, tissue: np.ndarray, thres
     """Counts over one image: pixels, tissue pixels, tissue pixels per DAB class (exclusive), OD sums."""
     if h_od.shape != dab_od.shape or tissue.shape != dab_od.shape:
         raise ValueError(f"shape mismatch: H {h_od.shape}, DAB {dab_od.shape}, tissue {tissue.shape}")
-    cls = intensity_classes(dab_od[tissue], thresholds)
-    per_class = np.bincount(cls, minlength=4)
+    dab_in = dab_od[tissue]
+    at_least = [int(np.count_nonzero(dab_in >= np.float32(t))) for t in thresholds]  # 1+, 2+, 3+ and above
     return {
-        "pixels": int(dab_od.size), "tissue_px": int(tissue.sum()),
-        "px_1plus": int(per_class[1]), "px_2plus": int(per_class[2]), "px_3plus": int(per_class[3]),
-        "dab_od_sum": float(dab_od[tissue].sum(dtype=np.float64)),
+        "pixels": int(dab_od.size), "tissue_px": int(dab_in.size),
+        "px_1plus": at_least[0] - at_least[1], "px_2plus": at_least[1] - at_least[2], "px_3plus": at_least[2],
+        "dab_od_sum": float(dab_in.sum(dtype=np.float64)),
         "h_od_sum": float(h_od[tissue].sum(dtype=np.float64)),
     }
 
