@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import opencv
 from pipeline.errors import SlideError
 
 # Largest pyramid level we will decode whole (in chunks) to build a thumbnail. A 100k x 100k slide with
@@ -169,9 +170,17 @@ class Slide(abc.ABC):
 
 
 def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Area-averaging resize (box filter) of an RGB uint8 array; returns the input when sizes match."""
+    """Area-averaging resize (box filter) of an RGB uint8 array; returns the input when sizes match.
+
+    A whole-number shrink (a 0.25 um/px level read at 0.5 um/px: 2 x 2 blocks) is OpenCV's block mean, rounded to
+    nearest (0.6 ms for a 448 px tile against Pillow's 5 ms, which is also off by one level in a third of pixels);
+    other factors are Pillow's box filter."""
     if image.shape[1] == width and image.shape[0] == height:
         return image
+    factor = image.shape[1] // width
+    if factor > 1 and image.shape[1] == factor * width and image.shape[0] == factor * height:
+        cv2 = opencv.cv2()
+        return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_AREA)
     from PIL import Image
 
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BOX))
