@@ -107,16 +107,21 @@ def nuclear_density(rgb: np.ndarray) -> np.ndarray:
 
 def warp(image: np.ndarray, mpp_in: float, rigid: Rigid, mpp_out: float, out_shape, order: int = 1) -> np.ndarray:
     """A 2-D picture of the IHC slide (``mpp_in`` um/px) resampled onto an H&E grid of ``out_shape`` at
-    ``mpp_out`` through ``rigid``; outside the picture is 0. Pixel (row, col) centres sit at ((i + 0.5) * mpp)."""
-    from scipy import ndimage
+    ``mpp_out`` through ``rigid`` (``order`` 1: bilinear, 0: nearest); outside the picture is 0. Pixel
+    (row, col) centres sit at ((i + 0.5) * mpp). Returns float32."""
+    import cv2
 
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 (nearest) or 1 (bilinear), got {order}")
     inv = np.linalg.inv(rigid.matrix_um())
     lin, off = inv[:2, :2], inv[:2, 2]
+    # output px (x, y) -> input px (x, y), pixel centres at integers: cv2's inverse map
     a_xy = lin * (mpp_out / mpp_in)
     b_xy = (lin @ np.full(2, 0.5 * mpp_out) + off) / mpp_in - 0.5
-    a_rc, b_rc = a_xy[::-1, ::-1], b_xy[::-1]
-    return ndimage.affine_transform(image.astype(np.float32, copy=False), a_rc, offset=b_rc,
-                                    output_shape=tuple(out_shape), order=order, cval=0.0)
+    rows, cols = (int(n) for n in out_shape)
+    flags = (cv2.INTER_LINEAR if order == 1 else cv2.INTER_NEAREST) | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(np.asarray(image, np.float32), np.hstack([a_xy, b_xy[:, None]]), (cols, rows),
+                          flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
 def _centroid_um(image: np.ndarray, mpp: float) -> np.ndarray:
