@@ -100,9 +100,11 @@ def nuclear_density(rgb: np.ndarray) -> np.ndarray:
 
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
+    import cv2
+
     glass_red = float(glass_colour(rgb)[0])
     lut = np.clip(np.log10((glass_red + 1.0) / (np.arange(256, dtype=np.float32) + 1.0)) / 1.5, 0.0, 1.0)
-    return lut.astype(np.float32)[rgb[..., 0]]
+    return cv2.LUT(cv2.extractChannel(np.ascontiguousarray(rgb), 0), lut.astype(np.float32))
 
 
 def warp(image: np.ndarray, mpp_in: float, rigid: Rigid, mpp_out: float, out_shape, order: int = 1) -> np.ndarray:
@@ -197,7 +199,7 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
     cols = np.arange(0, fixed.shape[1] - patch_px + 1, half)
     if not len(rows) or not len(cols):
         return np.zeros((0, 2)), np.zeros((0, 2))
-    covered = _box_means(mask, rows, cols, patch_px) >= 0.8
+    covered = _box_means(mask, rows, cols, patch_px) >= 0.8 - 1e-6  # float32 sums: a 0/1 mask's exact 80 % counts
     for picture in (fixed, moving):
         var = _box_means(picture * picture, rows, cols, patch_px) - _box_means(picture, rows, cols, patch_px) ** 2
         covered &= var > 0.02 ** 2
@@ -217,10 +219,14 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
 def _box_means(picture: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
     """Mean of ``picture`` over the ``size`` squares whose top-left corners are ``rows`` x ``cols``, which step by
     ``size // 2`` from 0: sums of half-size blocks, four blocks a square (``size`` even)."""
+    import cv2
+
     half = size // 2
     n_r, n_c = len(rows) + 1, len(cols) + 1
-    blocks = picture[:n_r * half, :n_c * half].reshape(n_r, half, n_c, half).sum(axis=(1, 3), dtype=np.float64)
-    return (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) / (size * size)
+    # means of the half-size blocks (an area resize by a whole factor), float32 sums
+    blocks = cv2.resize(np.asarray(picture[:n_r * half, :n_c * half], np.float32), (n_c, n_r),
+                        interpolation=cv2.INTER_AREA).astype(np.float64)
+    return (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) / 4.0
 
 
 def _similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -256,17 +262,23 @@ class Level:
         """Density and mask of an RGB picture at ``mpp`` um/px. The mask is the tissue mask, or where the
         density smoothed over ``smooth_um`` reaches ``density_min`` (pale haematoxylin-only fields that the
         tissue mask misses); with ``coarser``, that level's mask enlarged (the tissue mask is the slow part)."""
-        from scipy import ndimage
-
         density = nuclear_density(rgb)
         if coarser is not None:
-            zoom = [n / m for n, m in zip(density.shape, coarser.mask.shape, strict=True)]
-            mask = ndimage.zoom(coarser.mask, zoom, order=0, grid_mode=True, mode="nearest")
-            return cls(density, mask[:density.shape[0], :density.shape[1]].astype(np.float32), mpp)
+            return cls(density, _nearest_resize(np.asarray(coarser.mask, np.float32), density.shape), mpp)
+        from scipy import ndimage
+
         from pipeline.slides.tissue import tissue_mask
 
         dense = ndimage.gaussian_filter(density, smooth_um / mpp) >= density_min
         return cls(density, (tissue_mask(rgb, mpp) | dense).astype(np.float32), mpp)
+
+
+def _nearest_resize(picture: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``picture`` resampled to ``shape`` over the same extent, nearest neighbour: each output pixel takes the
+    input pixel under its centre (index ``floor((i + 0.5) * n_in / n_out)``)."""
+    rows, cols = (np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp), n_in - 1)
+                  for n_out, n_in in zip(shape, picture.shape, strict=True))
+    return picture.take(rows, axis=0).take(cols, axis=1)
 
 
 def refine(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> Rigid:
