@@ -189,8 +189,6 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
     on a regular grid) that ``mask`` covers for at least 80 % and that have texture in both pictures, the shift
     (x, y px) that carries ``moving``'s content onto ``fixed``'s (phase correlation, 1/4 px). Returns
     (centres (n, 2) x, y px, shifts (n, 2) x, y px)."""
-    from skimage.registration import phase_cross_correlation
-
     if patch_px % 2:
         raise ValueError(f"patch_px must be even, got {patch_px}")
     window = np.outer(np.hanning(patch_px), np.hanning(patch_px)).astype(np.float32)
@@ -206,14 +204,37 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
     chosen = [(int(rows[i]), int(cols[j])) for i, j in zip(*np.nonzero(covered), strict=True)]
     if len(chosen) > max_patches:
         chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, max_patches).round().astype(int)]
-    centres, shifts = [], []
-    for r, c in chosen:
-        a, b = fixed[r:r + patch_px, c:c + patch_px], moving[r:r + patch_px, c:c + patch_px]
-        shift_rc, _, _ = phase_cross_correlation((a - a.mean()) * window, (b - b.mean()) * window,
-                                                 upsample_factor=4, normalization=None)
-        centres.append((c + patch_px / 2.0, r + patch_px / 2.0))
-        shifts.append((shift_rc[1], shift_rc[0]))
-    return np.array(centres, float).reshape(-1, 2), np.array(shifts, float).reshape(-1, 2)
+    if not chosen:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    stacks = [np.stack([(p - p.mean()) * window for p in (picture[r:r + patch_px, c:c + patch_px]
+                                                          for r, c in chosen)]) for picture in (fixed, moving)]
+    shifts_rc = _phase_shifts(*stacks, upsample=4)
+    centres = np.array([(c + patch_px / 2.0, r + patch_px / 2.0) for r, c in chosen], float)
+    return centres, shifts_rc[:, ::-1].astype(float)
+
+
+def _phase_shifts(fixed: np.ndarray, moving: np.ndarray, upsample: int = 4) -> np.ndarray:
+    """For each pair of equal-size windows ``fixed[i]``, ``moving[i]`` (stacks (n, h, w)), the (row, col) shift in
+    px, to 1 / ``upsample`` px, that carries ``moving[i]``'s content onto ``fixed[i]``'s: the peak of their
+    (unnormalised) cross-correlation, then of its DFT upsampled around that peak (Guizar-Sicairos et al. 2008;
+    skimage's ``phase_cross_correlation(..., normalization=None)``, the whole stack at once)."""
+    from scipy import fft
+
+    n, h, w = fixed.shape
+    product = fft.fft2(fixed) * fft.fft2(moving).conj()
+    peak = np.abs(fft.ifft2(product)).reshape(n, -1).argmax(axis=1)
+    size = np.array([h, w])
+    shift = np.stack(np.unravel_index(peak, (h, w)), axis=1).astype(np.float64)
+    shift = np.where(shift > size // 2, shift - size, shift)
+    region = math.ceil(1.5 * upsample)
+    centre = float(region // 2)
+    offset = centre - shift * upsample  # (n, 2): where the coarse peak lies on the upsampled grid
+    kernels = [np.exp(-2j * np.pi * (np.arange(region)[None, :, None] - offset[:, axis, None, None])
+                      * fft.fftfreq(length, upsample)[None, None, :]).astype(product.dtype)
+               for axis, length in enumerate((h, w))]
+    upsampled = np.abs(kernels[0] @ product.conj() @ kernels[1].transpose(0, 2, 1))  # (n, region, region)
+    fine = np.stack(np.unravel_index(upsampled.reshape(n, -1).argmax(axis=1), (region, region)), axis=1)
+    return shift + (fine - centre) / upsample
 
 
 def _box_means(picture: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
@@ -278,7 +299,7 @@ def _nearest_resize(picture: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     input pixel under its centre (index ``floor((i + 0.5) * n_in / n_out)``)."""
     rows, cols = (np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp), n_in - 1)
                   for n_out, n_in in zip(shape, picture.shape, strict=True))
-    return picture.take(rows, axis=0).take(cols, axis=1)
+    return picture.take(cols, axis=1).take(rows, axis=0)  # whole rows copied last: the fast way round
 
 
 def refine(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> Rigid:
