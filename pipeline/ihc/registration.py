@@ -199,7 +199,8 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
         return np.zeros((0, 2)), np.zeros((0, 2))
     covered = _box_means(mask, rows, cols, patch_px) >= 0.8 - 1e-6  # float32 sums: a 0/1 mask's exact 80 % counts
     for picture in (fixed, moving):
-        var = _box_means(picture * picture, rows, cols, patch_px) - _box_means(picture, rows, cols, patch_px) ** 2
+        var = (_box_means(picture, rows, cols, patch_px, squared=True)
+               - _box_means(picture, rows, cols, patch_px) ** 2)
         covered &= var > 0.02 ** 2
     chosen = [(int(rows[i]), int(cols[j])) for i, j in zip(*np.nonzero(covered), strict=True)]
     if len(chosen) > max_patches:
@@ -237,16 +238,23 @@ def _phase_shifts(fixed: np.ndarray, moving: np.ndarray, upsample: int = 4) -> n
     return shift + (fine - centre) / upsample
 
 
-def _box_means(picture: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
-    """Mean of ``picture`` over the ``size`` squares whose top-left corners are ``rows`` x ``cols``, which step by
-    ``size // 2`` from 0: sums of half-size blocks, four blocks a square (``size`` even)."""
+def _box_means(picture: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int,
+               squared: bool = False) -> np.ndarray:
+    """Mean of ``picture`` (of its square with ``squared``) over the ``size`` squares whose top-left corners are
+    ``rows`` x ``cols``, which step by ``size // 2`` from 0: means of half-size blocks, four blocks a square
+    (``size`` even). Read in bands of block rows, so no picture-sized temporary is made."""
     import cv2
 
     half = size // 2
     n_r, n_c = len(rows) + 1, len(cols) + 1
-    # means of the half-size blocks (an area resize by a whole factor), float32 sums
-    blocks = cv2.resize(np.asarray(picture[:n_r * half, :n_c * half], np.float32), (n_c, n_r),
-                        interpolation=cv2.INTER_AREA).astype(np.float64)
+    blocks = np.empty((n_r, n_c), np.float32)
+    step = max(1, (1 << 20) // (n_c * half * half))  # block rows a band: about 1 M pixels
+    for i in range(0, n_r, step):
+        j = min(i + step, n_r)
+        band = np.asarray(picture[i * half:j * half, :n_c * half], np.float32)
+        # means of the half-size blocks: an area resize by a whole factor (float32 sums)
+        blocks[i:j] = cv2.resize(band * band if squared else band, (n_c, j - i), interpolation=cv2.INTER_AREA)
+    blocks = blocks.astype(np.float64)
     return (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) / 4.0
 
 
@@ -328,12 +336,9 @@ def assess(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> d
     moving = warp(ihc.density, ihc.mpp, rigid, he.mpp, he.density.shape)
     moved_mask = warp(ihc.mask, ihc.mpp, rigid, he.mpp, he.density.shape, order=0) > 0.5
     shared = (he.mask > 0.5) & moved_mask
-    a, b = he.density[shared], moving[shared]
-    a, b = a - a.mean(dtype=np.float64), b - b.mean(dtype=np.float64)
-    norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b))) if a.size > 16 else 0.0
-    ncc = float(np.dot(a, b)) / norm if norm > 0 else 0.0
+    ncc = _ncc(he.density[shared], moving[shared])
     dice = 2.0 * shared.sum() / max(float((he.mask > 0.5).sum() + moved_mask.sum()), 1.0)
-    _, shifts = patch_shifts(he.density, moving, shared.astype(np.float32), params.patch_px, params.max_patches)
+    _, shifts = patch_shifts(he.density, moving, shared, params.patch_px, params.max_patches)
     residual = np.linalg.norm(shifts, axis=1) * he.mpp
     quality = {
         "score": round(max(ncc, 0.0), 4), "tissue_dice": round(float(dice), 4), "patches": int(len(residual)),
@@ -350,6 +355,19 @@ def assess(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> d
         reason = (f"residual error {quality['residual_p95_um']:.0f} um (95th percentile) above "
                   f"{params.max_residual_um:g} um")
     return {**quality, "status": "failed" if reason else "ok", "reason": reason}
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two equal-length 1-D arrays (0 for 16 values or fewer, or no variance):
+    float64 sums of the values and of their products, no float64 copies."""
+    n = a.size
+    if n <= 16:
+        return 0.0
+    sum_a, sum_b = float(a.sum(dtype=np.float64)), float(b.sum(dtype=np.float64))
+    sum_ab, sum_aa, sum_bb = (float(np.einsum("i,i->", x, y, dtype=np.float64)) for x, y in ((a, b), (a, a), (b, b)))
+    var_a, var_b = sum_aa - sum_a * sum_a / n, sum_bb - sum_b * sum_b / n
+    norm = math.sqrt(var_a * var_b) if var_a > 0 and var_b > 0 else 0.0
+    return (sum_ab - sum_a * sum_b / n) / norm if norm > 0 else 0.0
 
 
 def _search_picture(level: Level, mpp: float) -> tuple[np.ndarray, np.ndarray]:
