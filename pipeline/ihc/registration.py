@@ -109,8 +109,9 @@ def nuclear_density(rgb: np.ndarray) -> np.ndarray:
 
 def warp(image: np.ndarray, mpp_in: float, rigid: Rigid, mpp_out: float, out_shape, order: int = 1) -> np.ndarray:
     """A 2-D picture of the IHC slide (``mpp_in`` um/px) resampled onto an H&E grid of ``out_shape`` at
-    ``mpp_out`` through ``rigid`` (``order`` 1: bilinear, 0: nearest); outside the picture is 0. Pixel
-    (row, col) centres sit at ((i + 0.5) * mpp). Returns float32."""
+    ``mpp_out`` through ``rigid`` (``order`` 1: bilinear, 0: nearest); outside the picture is 0 (within half a
+    pixel of its edge: the edge pixel blended with 0, or the edge pixel when nearest). Pixel (row, col) centres sit
+    at ((i + 0.5) * mpp). Returns float32; OpenCV's warp, whose sample positions are rounded to 1/32 px."""
     import cv2
 
     if order not in (0, 1):
