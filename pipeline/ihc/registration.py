@@ -1,4 +1,4 @@
-"""Serial-section registration of an IHC slide onto its H&E slide (pure numpy/scipy/scikit-image; no slide I/O).
+"""Serial-section registration of an IHC slide onto its H&E slide (pure numpy/scipy/scikit-image/OpenCV; no slide I/O).
 
 Job: find the rigid transform (rotation, optional mirror, small isotropic scale change, translation) that maps a
 point of the IHC slide onto the same tissue of the H&E slide, say how well it fits, and say ``failed`` with a
@@ -378,7 +378,7 @@ def _search_picture(level: Level, mpp: float) -> tuple[np.ndarray, np.ndarray]:
 
     rows, cols = np.flatnonzero(level.mask.any(axis=1)), np.flatnonzero(level.mask.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    feature = (level.mask * (0.25 + 0.75 * level.density))[box]
+    feature = level.mask[box] * (0.25 + 0.75 * level.density[box])
     shape = tuple(max(8, round(n * level.mpp / mpp)) for n in feature.shape)
     corner_um = np.array([cols[0], rows[0]], float) * level.mpp
     return resize(feature, shape, order=1, anti_aliasing=True).astype(np.float32), corner_um
