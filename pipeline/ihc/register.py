@@ -53,12 +53,13 @@ def _machine() -> dict:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
+    import cv2
     import scipy
     import skimage
 
     return {"cpu": platform.processor() or platform.machine(), "cores": cores,
             "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "scikit_image": skimage.__version__}
+            "scikit_image": skimage.__version__, "opencv": cv2.__version__}
 
 
 def _transform_record(rigid: Rigid, he_mpp: float, ihc_mpp: float) -> dict:

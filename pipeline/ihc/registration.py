@@ -1,4 +1,4 @@
-"""Serial-section registration of an IHC slide onto its H&E slide (pure numpy/scipy/scikit-image; no slide I/O).
+"""Serial-section registration of an IHC slide onto its H&E slide (pure numpy/scipy/scikit-image/OpenCV; no slide I/O).
 
 Job: find the rigid transform (rotation, optional mirror, small isotropic scale change, translation) that maps a
 point of the IHC slide onto the same tissue of the H&E slide, say how well it fits, and say ``failed`` with a
@@ -100,23 +100,31 @@ def nuclear_density(rgb: np.ndarray) -> np.ndarray:
 
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
+    import cv2
+
     glass_red = float(glass_colour(rgb)[0])
     lut = np.clip(np.log10((glass_red + 1.0) / (np.arange(256, dtype=np.float32) + 1.0)) / 1.5, 0.0, 1.0)
-    return lut.astype(np.float32)[rgb[..., 0]]
+    return cv2.LUT(cv2.extractChannel(np.ascontiguousarray(rgb), 0), lut.astype(np.float32))
 
 
 def warp(image: np.ndarray, mpp_in: float, rigid: Rigid, mpp_out: float, out_shape, order: int = 1) -> np.ndarray:
     """A 2-D picture of the IHC slide (``mpp_in`` um/px) resampled onto an H&E grid of ``out_shape`` at
-    ``mpp_out`` through ``rigid``; outside the picture is 0. Pixel (row, col) centres sit at ((i + 0.5) * mpp)."""
-    from scipy import ndimage
+    ``mpp_out`` through ``rigid`` (``order`` 1: bilinear, 0: nearest); outside the picture is 0 (within half a
+    pixel of its edge: the edge pixel blended with 0, or the edge pixel when nearest). Pixel (row, col) centres sit
+    at ((i + 0.5) * mpp). Returns float32; OpenCV's warp, whose sample positions are rounded to 1/32 px."""
+    import cv2
 
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 (nearest) or 1 (bilinear), got {order}")
     inv = np.linalg.inv(rigid.matrix_um())
     lin, off = inv[:2, :2], inv[:2, 2]
+    # output px (x, y) -> input px (x, y), pixel centres at integers: cv2's inverse map
     a_xy = lin * (mpp_out / mpp_in)
     b_xy = (lin @ np.full(2, 0.5 * mpp_out) + off) / mpp_in - 0.5
-    a_rc, b_rc = a_xy[::-1, ::-1], b_xy[::-1]
-    return ndimage.affine_transform(image.astype(np.float32, copy=False), a_rc, offset=b_rc,
-                                    output_shape=tuple(out_shape), order=order, cval=0.0)
+    rows, cols = (int(n) for n in out_shape)
+    flags = (cv2.INTER_LINEAR if order == 1 else cv2.INTER_NEAREST) | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(np.asarray(image, np.float32), np.hstack([a_xy, b_xy[:, None]]), (cols, rows),
+                          flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
 def _centroid_um(image: np.ndarray, mpp: float) -> np.ndarray:
@@ -182,8 +190,6 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
     on a regular grid) that ``mask`` covers for at least 80 % and that have texture in both pictures, the shift
     (x, y px) that carries ``moving``'s content onto ``fixed``'s (phase correlation, 1/4 px). Returns
     (centres (n, 2) x, y px, shifts (n, 2) x, y px)."""
-    from skimage.registration import phase_cross_correlation
-
     if patch_px % 2:
         raise ValueError(f"patch_px must be even, got {patch_px}")
     window = np.outer(np.hanning(patch_px), np.hanning(patch_px)).astype(np.float32)
@@ -192,30 +198,65 @@ def patch_shifts(fixed: np.ndarray, moving: np.ndarray, mask: np.ndarray, patch_
     cols = np.arange(0, fixed.shape[1] - patch_px + 1, half)
     if not len(rows) or not len(cols):
         return np.zeros((0, 2)), np.zeros((0, 2))
-    covered = _box_means(mask, rows, cols, patch_px) >= 0.8
+    covered = _box_means(mask, rows, cols, patch_px) >= 0.8 - 1e-6  # float32 sums: a 0/1 mask's exact 80 % counts
     for picture in (fixed, moving):
-        var = _box_means(picture * picture, rows, cols, patch_px) - _box_means(picture, rows, cols, patch_px) ** 2
+        var = (_box_means(picture, rows, cols, patch_px, squared=True)
+               - _box_means(picture, rows, cols, patch_px) ** 2)
         covered &= var > 0.02 ** 2
     chosen = [(int(rows[i]), int(cols[j])) for i, j in zip(*np.nonzero(covered), strict=True)]
     if len(chosen) > max_patches:
         chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, max_patches).round().astype(int)]
-    centres, shifts = [], []
-    for r, c in chosen:
-        a, b = fixed[r:r + patch_px, c:c + patch_px], moving[r:r + patch_px, c:c + patch_px]
-        shift_rc, _, _ = phase_cross_correlation((a - a.mean()) * window, (b - b.mean()) * window,
-                                                 upsample_factor=4, normalization=None)
-        centres.append((c + patch_px / 2.0, r + patch_px / 2.0))
-        shifts.append((shift_rc[1], shift_rc[0]))
-    return np.array(centres, float).reshape(-1, 2), np.array(shifts, float).reshape(-1, 2)
+    if not chosen:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    stacks = [np.stack([(p - p.mean()) * window for p in (picture[r:r + patch_px, c:c + patch_px]
+                                                          for r, c in chosen)]) for picture in (fixed, moving)]
+    shifts_rc = _phase_shifts(*stacks, upsample=4)
+    centres = np.array([(c + patch_px / 2.0, r + patch_px / 2.0) for r, c in chosen], float)
+    return centres, shifts_rc[:, ::-1].astype(float)
 
 
-def _box_means(picture: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
-    """Mean of ``picture`` over the ``size`` squares whose top-left corners are ``rows`` x ``cols``, which step by
-    ``size // 2`` from 0: sums of half-size blocks, four blocks a square (``size`` even)."""
+def _phase_shifts(fixed: np.ndarray, moving: np.ndarray, upsample: int = 4) -> np.ndarray:
+    """For each pair of equal-size windows ``fixed[i]``, ``moving[i]`` (stacks (n, h, w)), the (row, col) shift in
+    px, to 1 / ``upsample`` px, that carries ``moving[i]``'s content onto ``fixed[i]``'s: the peak of their
+    (unnormalised) cross-correlation, then of its DFT upsampled around that peak (Guizar-Sicairos et al. 2008;
+    skimage's ``phase_cross_correlation(..., normalization=None)``, the whole stack at once)."""
+    from scipy import fft
+
+    n, h, w = fixed.shape
+    product = fft.fft2(fixed) * fft.fft2(moving).conj()
+    peak = np.abs(fft.ifft2(product)).reshape(n, -1).argmax(axis=1)
+    size = np.array([h, w])
+    shift = np.stack(np.unravel_index(peak, (h, w)), axis=1).astype(np.float64)
+    shift = np.where(shift > size // 2, shift - size, shift)
+    region = math.ceil(1.5 * upsample)
+    centre = float(region // 2)
+    offset = centre - shift * upsample  # (n, 2): where the coarse peak lies on the upsampled grid
+    kernels = [np.exp(-2j * np.pi * (np.arange(region)[None, :, None] - offset[:, axis, None, None])
+                      * fft.fftfreq(length, upsample)[None, None, :]).astype(product.dtype)
+               for axis, length in enumerate((h, w))]
+    upsampled = np.abs(kernels[0] @ product.conj() @ kernels[1].transpose(0, 2, 1))  # (n, region, region)
+    fine = np.stack(np.unravel_index(upsampled.reshape(n, -1).argmax(axis=1), (region, region)), axis=1)
+    return shift + (fine - centre) / upsample
+
+
+def _box_means(picture: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int,
+               squared: bool = False) -> np.ndarray:
+    """Mean of ``picture`` (of its square with ``squared``) over the ``size`` squares whose top-left corners are
+    ``rows`` x ``cols``, which step by ``size // 2`` from 0: means of half-size blocks, four blocks a square
+    (``size`` even). Read in bands of block rows, so no picture-sized temporary is made."""
+    import cv2
+
     half = size // 2
     n_r, n_c = len(rows) + 1, len(cols) + 1
-    blocks = picture[:n_r * half, :n_c * half].reshape(n_r, half, n_c, half).sum(axis=(1, 3), dtype=np.float64)
-    return (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) / (size * size)
+    blocks = np.empty((n_r, n_c), np.float32)
+    step = max(1, (1 << 20) // (n_c * half * half))  # block rows a band: about 1 M pixels
+    for i in range(0, n_r, step):
+        j = min(i + step, n_r)
+        band = np.asarray(picture[i * half:j * half, :n_c * half], np.float32)
+        # means of the half-size blocks: an area resize by a whole factor (float32 sums)
+        blocks[i:j] = cv2.resize(band * band if squared else band, (n_c, j - i), interpolation=cv2.INTER_AREA)
+    blocks = blocks.astype(np.float64)
+    return (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) / 4.0
 
 
 def _similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -251,17 +292,23 @@ class Level:
         """Density and mask of an RGB picture at ``mpp`` um/px. The mask is the tissue mask, or where the
         density smoothed over ``smooth_um`` reaches ``density_min`` (pale haematoxylin-only fields that the
         tissue mask misses); with ``coarser``, that level's mask enlarged (the tissue mask is the slow part)."""
-        from scipy import ndimage
-
         density = nuclear_density(rgb)
         if coarser is not None:
-            zoom = [n / m for n, m in zip(density.shape, coarser.mask.shape, strict=True)]
-            mask = ndimage.zoom(coarser.mask, zoom, order=0, grid_mode=True, mode="nearest")
-            return cls(density, mask[:density.shape[0], :density.shape[1]].astype(np.float32), mpp)
+            return cls(density, _nearest_resize(np.asarray(coarser.mask, np.float32), density.shape), mpp)
+        from scipy import ndimage
+
         from pipeline.slides.tissue import tissue_mask
 
         dense = ndimage.gaussian_filter(density, smooth_um / mpp) >= density_min
         return cls(density, (tissue_mask(rgb, mpp) | dense).astype(np.float32), mpp)
+
+
+def _nearest_resize(picture: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``picture`` resampled to ``shape`` over the same extent, nearest neighbour: each output pixel takes the
+    input pixel under its centre (index ``floor((i + 0.5) * n_in / n_out)``)."""
+    rows, cols = (np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp), n_in - 1)
+                  for n_out, n_in in zip(shape, picture.shape, strict=True))
+    return picture.take(cols, axis=1).take(rows, axis=0)  # whole rows copied last: the fast way round
 
 
 def refine(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> Rigid:
@@ -290,12 +337,9 @@ def assess(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> d
     moving = warp(ihc.density, ihc.mpp, rigid, he.mpp, he.density.shape)
     moved_mask = warp(ihc.mask, ihc.mpp, rigid, he.mpp, he.density.shape, order=0) > 0.5
     shared = (he.mask > 0.5) & moved_mask
-    a, b = he.density[shared], moving[shared]
-    a, b = a - a.mean(dtype=np.float64), b - b.mean(dtype=np.float64)
-    norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b))) if a.size > 16 else 0.0
-    ncc = float(np.dot(a, b)) / norm if norm > 0 else 0.0
+    ncc = _ncc(he.density[shared], moving[shared])
     dice = 2.0 * shared.sum() / max(float((he.mask > 0.5).sum() + moved_mask.sum()), 1.0)
-    _, shifts = patch_shifts(he.density, moving, shared.astype(np.float32), params.patch_px, params.max_patches)
+    _, shifts = patch_shifts(he.density, moving, shared, params.patch_px, params.max_patches)
     residual = np.linalg.norm(shifts, axis=1) * he.mpp
     quality = {
         "score": round(max(ncc, 0.0), 4), "tissue_dice": round(float(dice), 4), "patches": int(len(residual)),
@@ -314,6 +358,19 @@ def assess(he: Level, ihc: Level, rigid: Rigid, params: RegistrationParams) -> d
     return {**quality, "status": "failed" if reason else "ok", "reason": reason}
 
 
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two equal-length 1-D arrays (0 for 16 values or fewer, or no variance):
+    float64 sums of the values and of their products, no float64 copies."""
+    n = a.size
+    if n <= 16:
+        return 0.0
+    sum_a, sum_b = float(a.sum(dtype=np.float64)), float(b.sum(dtype=np.float64))
+    sum_ab, sum_aa, sum_bb = (float(np.einsum("i,i->", x, y, dtype=np.float64)) for x, y in ((a, b), (a, a), (b, b)))
+    var_a, var_b = sum_aa - sum_a * sum_a / n, sum_bb - sum_b * sum_b / n
+    norm = math.sqrt(var_a * var_b) if var_a > 0 and var_b > 0 else 0.0
+    return (sum_ab - sum_a * sum_b / n) / norm if norm > 0 else 0.0
+
+
 def _search_picture(level: Level, mpp: float) -> tuple[np.ndarray, np.ndarray]:
     """``level``'s mask x (0.25 + 0.75 density) over its tissue's bounding box, resampled to ``mpp`` (the search
     picture), and the box's top-left corner in um."""
@@ -321,7 +378,7 @@ def _search_picture(level: Level, mpp: float) -> tuple[np.ndarray, np.ndarray]:
 
     rows, cols = np.flatnonzero(level.mask.any(axis=1)), np.flatnonzero(level.mask.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    feature = (level.mask * (0.25 + 0.75 * level.density))[box]
+    feature = level.mask[box] * (0.25 + 0.75 * level.density[box])
     shape = tuple(max(8, round(n * level.mpp / mpp)) for n in feature.shape)
     corner_um = np.array([cols[0], rows[0]], float) * level.mpp
     return resize(feature, shape, order=1, anti_aliasing=True).astype(np.float32), corner_um
