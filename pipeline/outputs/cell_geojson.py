@@ -18,7 +18,8 @@ failed) gets an empty FeatureCollection; ihc.json's ``cells_geojson`` says how m
 
 The text is made a whole cell table at a time (:func:`features_json`: arrays in, canonical JSON out, the bytes
 ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` writes for the same features), so
-the writer only joins them in order, streamed to disk (:func:`write_features`).
+quantify-ihc's worker processes make each tile's share (:func:`pipeline.ihc.quantify.measure_grid`) and the
+writer only joins them in tile order, streamed to disk (:func:`write_features`).
 
 Public: :func:`features_json`, :func:`cell_ids`, :func:`write_cells_geojson`, :func:`write_slide_cells`.
 """
@@ -204,8 +205,9 @@ def write_cells_geojson(path, slide_id: str, tables: list[dict], level0_mpp: flo
 
 def write_slide_cells(path, slide_id: str, cell_tables: list, level0_mpp: float | None, record: dict) -> None:
     """quantify-ihc's ``cells.geojson``: the cells of ``cell_tables`` ((tile index, :func:`~pipeline.ihc.cells
-    .cell_table`) pairs, level-0 ``x0``, ``y0``) in tile order; ``record`` (ihc.json) gets ``cells_geojson``, the
-    count and why (no cells when the slide failed or was not read in a tumour region)."""
+    .cell_table`, its :func:`features_json` or None) triples, level-0 ``x0``, ``y0``) in tile order; a None one is
+    made here. ``record`` (ihc.json) gets ``cells_geojson``, the count and why (no cells when the slide failed or
+    was not read in a tumour region)."""
     region = record.get("region") or {}
     if record.get("status") == "failed":
         note = f"no cells: {record.get('reason')}"
@@ -213,7 +215,9 @@ def write_slide_cells(path, slide_id: str, cell_tables: list, level0_mpp: float 
         note = f"no cells: {region.get('reason', 'not read in a tumour region')}"
     else:
         note = f"cells of the {region.get('tiles')} tumour-region tiles; {region.get('reason')}"
-    tables = [t for _, t in sorted(cell_tables, key=lambda it: it[0])]
-    n = write_cells_geojson(path, slide_id, tables, level0_mpp or 1.0)
+    ordered = sorted(cell_tables, key=lambda it: it[0])
+    mpp = level0_mpp or 1.0
+    write_features(path, (js if js is not None else features_json(slide_id, t, mpp) for _, t, js in ordered))
+    n = sum(len(t["x0"]) for _, t, _ in ordered)
     record["cells_geojson"] = {"detections": n, "note": note, "coordinates": "level-0 px"}
     log.info("%s: %d cells written to %s", slide_id, n, path)
