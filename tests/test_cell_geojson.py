@@ -57,3 +57,73 @@ def test_no_cells_is_an_empty_collection(tmp_path):
     assert write_cells_geojson(out, "S-ER", [], LEVEL0_MPP) == 0
     doc = json.loads(out.read_text())
     assert doc == {"type": "FeatureCollection", "features": []} and geojson_problems(doc) == []
+
+
+def _reference_geojson(slide_id: str, tables: list[dict], level0_mpp: float) -> bytes:
+    """cells.geojson built one cell at a time with Python's round and json.dumps (the writer before it was built
+    column by column): what the fast writer must reproduce byte for byte."""
+    import uuid
+
+    from pipeline.outputs.cell_geojson import CELL_NAMESPACE, SET_ASIDE_COLOUR
+    from pipeline.outputs.geojson import IHC_COLOURS, _number
+
+    features = []
+    for t in tables:
+        for i in range(len(t["x0"])):
+            x0, y0 = float(t["x0"][i]), float(t["y0"][i])
+            a = max(float(t["length_um"][i]) / level0_mpp / 2, 0.5)
+            b = max(float(t["width_um"][i]) / level0_mpp / 2, 0.5)
+            angle = float(t["angle_rad"][i])
+            s = np.linspace(0.0, 2 * np.pi, 12, endpoint=False)
+            ex, ey = a * np.cos(s), b * np.sin(s)
+            xs = x0 + ex * np.cos(angle) - ey * np.sin(angle)
+            ys = y0 + ex * np.sin(angle) + ey * np.cos(angle)
+            ring = [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs, ys, strict=True)]
+            if not t["tumour_like"][i]:
+                name, colour = SET_ASIDE, SET_ASIDE_COLOUR
+            else:
+                name = "Positive" if t["dab_class"][i] > 0 else "Negative"
+                colour = IHC_COLOURS[name]
+            m = {"Nucleus: Area µm^2": t["area_um2"][i], "Nucleus: Width µm": t["width_um"][i],
+                 "Nucleus: Length µm": t["length_um"][i], "Nucleus: DAB OD mean": t["nucleus_dab"][i],
+                 "Cytoplasm: DAB OD mean": t["ring_dab"][i], "DAB class": int(t["dab_class"][i])}
+            if t["her2_class"][i] >= 0:
+                m["HER2-style research class"] = int(t["her2_class"][i])
+            features.append({
+                "type": "Feature", "id": str(uuid.uuid5(CELL_NAMESPACE, f"{slide_id}:{x0:.1f}:{y0:.1f}")),
+                "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]},
+                "properties": {"objectType": "detection", "classification": {"name": name, "color": list(colour)},
+                               "measurements": {k: n for k, v in m.items() if (n := _number(v)) is not None}}})
+    doc = {"type": "FeatureCollection", "features": features}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _odd_table(n: int = 40, seed: int = 1) -> dict:
+    """A membranous-style cell table with what the writer must get right: set-aside cells, NaN and tiny
+    (exponent-written) measurements, HER2 classes and none (-1), negative and rounding-edge coordinates."""
+    rng = np.random.default_rng(seed)
+    t = {"x0": rng.uniform(-50, 60000, n), "y0": rng.uniform(0, 40000, n), "area_um2": rng.uniform(5, 90, n),
+         "width_um": rng.uniform(1, 9, n), "length_um": rng.uniform(3, 14, n), "angle_rad": rng.uniform(-1.6, 1.6, n),
+         "tumour_like": rng.random(n) > 0.3, "nucleus_dab": rng.uniform(0, 0.9, n).astype(np.float32),
+         "ring_dab": rng.uniform(0, 0.9, n), "dab_class": rng.integers(0, 4, n).astype(np.uint8),
+         "her2_class": rng.integers(-1, 4, n).astype(np.int8)}
+    t["ring_dab"][::5] = np.nan  # left out
+    if n < 10:
+        return t
+    t["nucleus_dab"][3], t["ring_dab"][4], t["area_um2"][6] = 5e-05, 2.5e-05, 0.0  # repr: 5e-05, 2.5e-05, 0.0
+    t["x0"][7], t["y0"][7] = 1000.125, 2000.375  # halves, at the id's one decimal
+    t["x0"][8], t["length_um"][8], t["width_um"][8], t["angle_rad"][8] = 1000.005, 0.0, 0.0, 0.0  # 0.5 px ellipse
+    t["width_um"][9] = np.nan  # the outline's own NaN (json writes NaN)
+    return t
+
+
+def test_fast_writer_is_byte_for_byte_json_dumps(tmp_path):
+    tables = [_odd_table(), _table(), _odd_table(0), _odd_table(7, seed=2)]
+    tables[1]["her2_class"] = np.array([2, -1, 0], np.int8)  # a HER2 class on a real cell table too
+    out = tmp_path / "cells.geojson"
+    assert write_cells_geojson(out, "S-HER2 µ", tables, LEVEL0_MPP) == 40 + 3 + 7
+    assert out.read_bytes() == _reference_geojson("S-HER2 µ", tables, LEVEL0_MPP)
+    doc = json.loads(out.read_text())
+    assert {"Positive", "Negative", SET_ASIDE} <= {f["properties"]["classification"]["name"] for f in doc["features"]}
+    assert any("HER2-style research class" in f["properties"]["measurements"] for f in doc["features"])
+    assert any("Cytoplasm: DAB OD mean" not in f["properties"]["measurements"] for f in doc["features"])

@@ -17,8 +17,10 @@ import logging
 import math
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +86,8 @@ def calibrate_slide(slide, grid_x, grid_y, grid_size_um: float, params: IhcParam
 @dataclass(frozen=True)
 class GridJob:
     """What measuring one grid tile needs besides the slide (see :func:`quantify_ihc`); ``level0_per_px`` is a
-    read pixel's side in level-0 px, ``want_cells`` whether cell tables come back."""
+    read pixel's side in level-0 px, ``want_cells`` whether cell tables come back, ``cell_json`` what to make of a
+    tile's cell table in the worker too (quantify-ihc: its cells.geojson features)."""
 
     grid_x: np.ndarray
     grid_y: np.ndarray
@@ -98,20 +101,22 @@ class GridJob:
     tumour_cells: tuple[float, float] | None
     level0_per_px: float
     want_cells: bool
+    cell_json: Callable[[dict], bytes] | None = None
 
 
-def measure_grid_tile(slide, job: GridJob, i: int) -> tuple[dict, dict | None]:
-    """(counts, cell table or None) of grid tile ``i``; the cells' nucleus centroids in level-0 px (``x0``, ``y0``)."""
+def measure_grid_tile(slide, job: GridJob, i: int) -> tuple[dict, dict | None, bytes | None]:
+    """(counts, cell table or None, ``job.cell_json`` of the table or None) of grid tile ``i``; the cells' nucleus
+    centroids in level-0 px (``x0``, ``y0``)."""
     p = job.params
     rgb = slide.read_tile(int(job.grid_x[i]), int(job.grid_y[i]), job.tile_px, p.quantify_mpp)
     compartment = job.compartment if job.cell_tiles is not None and job.cell_tiles[i] else None
     counts, cells = quantify_tile(rgb, p.quantify_mpp, p, job.nuclear, job.deconvolver, job.nucleus_od_min,
                                   compartment=compartment, tumour_cells=job.tumour_cells, return_cells=True)
     if cells is None or not job.want_cells:
-        return counts, None
+        return counts, None, None
     cells["x0"] = job.grid_x[i] + (cells["cx_px"] + 0.5) * job.level0_per_px
     cells["y0"] = job.grid_y[i] + (cells["cy_px"] + 0.5) * job.level0_per_px
-    return counts, cells
+    return counts, cells, None if job.cell_json is None else job.cell_json(cells)
 
 
 _WORKER: dict = {}  # the worker process's own open slide and job (set by _start_worker)
@@ -123,11 +128,11 @@ def _start_worker(path, mpp_override, job: GridJob) -> None:
     _WORKER.update(slide=open_slide(path, mpp=mpp_override), job=job)
 
 
-def _worker_tile(i: int) -> tuple[dict, dict | None]:
+def _worker_tile(i: int) -> tuple[dict, dict | None, bytes | None]:
     return measure_grid_tile(_WORKER["slide"], _WORKER["job"], i)
 
 
-def measure_grid(slide, job: GridJob, workers: int = 1) -> list[tuple[dict, dict | None]]:
+def measure_grid(slide, job: GridJob, workers: int = 1) -> list[tuple[dict, dict | None, bytes | None]]:
     """:func:`measure_grid_tile` of every grid tile, in grid order. With ``workers`` > 1 the tiles are shared
     among that many processes, each opening the slide itself (the work holds the GIL too often for threads, and
     slide readers' tile caches are not thread-safe); the results are the same, tile for tile."""
@@ -145,12 +150,15 @@ def measure_grid(slide, job: GridJob, workers: int = 1) -> list[tuple[dict, dict
 
 def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: float, entry: dict,
                  params: IhcParams, threads: int = 1, thumb=None, cell_tiles: np.ndarray | None = None,
-                 cells_out: list | None = None) -> tuple[list[dict], dict]:
+                 cells_out: list | None = None, cell_json: Callable[[dict], bytes] | None = None
+                 ) -> tuple[list[dict], dict]:
     """Quantify every grid tile of an open slide; returns (per-tile rows, slide summary).
 
     Tiles flagged in ``cell_tiles`` (the tumour region) are also scored cell by cell in the marker's compartment
-    (:mod:`pipeline.ihc.cells`); the others by pixels and nuclei only. A ``cells_out`` list receives each such
-    tile's :func:`~pipeline.ihc.cells.cell_table` with the nucleus centroids in level-0 px (``x0``, ``y0``).
+    (:mod:`pipeline.ihc.cells`); the others by pixels and nuclei only. A ``cells_out`` list receives (tile index,
+    cell table, ``cell_json`` of it or None) for each such tile: its :func:`~pipeline.ihc.cells.cell_table` with the
+    nucleus centroids in level-0 px (``x0``, ``y0``), and what ``cell_json`` (e.g. the tile's cells.geojson features,
+    :func:`pipeline.outputs.cell_geojson.features_json`) made of it in the worker process that measured the tile.
 
     Each grid tile (top-left ``grid_x[i], grid_y[i]`` level-0 px, side ``grid_size_um``) is read once at
     ``params.quantify_mpp`` (same physical area, more pixels), on ``threads`` worker processes
@@ -170,13 +178,13 @@ def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: fl
     method["calibrated_on"] = "tumour region" if cell_tiles is not None and np.any(cell_tiles) else "all tiles"
     job = GridJob(np.asarray(grid_x), np.asarray(grid_y), tile_px, params, nuclear, deconvolver, nucleus_od_min,
                   entry["compartment"], None if cell_tiles is None else np.asarray(cell_tiles, bool), tumour_cells,
-                  grid_size_um / slide.mpp / tile_px, cells_out is not None)
+                  grid_size_um / slide.mpp / tile_px, cells_out is not None, cell_json)
     start = time.perf_counter()
     results = measure_grid(slide, job, threads)
     elapsed = time.perf_counter() - start
-    counts = [c for c, _ in results]
+    counts = [c for c, _, _ in results]
     if cells_out is not None:
-        cells_out.extend((i, cells) for i, (_, cells) in enumerate(results) if cells is not None)
+        cells_out.extend((i, cells, js) for i, (_, cells, js) in enumerate(results) if cells is not None)
     rows = []
     for i, c in enumerate(counts):
         rows.append({"x": int(grid_x[i]), "y": int(grid_y[i]), **c, **derived_metrics(c)})
@@ -301,6 +309,7 @@ def restrict_to_tumour(record: dict, rows: list[dict], region: dict, inside: np.
 
 def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> None:
     from pipeline.errors import SlideError
+    from pipeline.outputs.cell_geojson import features_json, write_slide_cells
     from pipeline.slides.reader import open_slide
     from pipeline.slides.resolution import check_resolution
     from pipeline.slides.tiling import read_tile_grid
@@ -343,8 +352,10 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
                                          args.he_tiles, args.he_scores, (config.get("ihc") or {}).get("tumour_region"),
                                          config["slide_call"]["tumour_prob_min"])
                 inside = region.pop("in_region")
+                # each tile's cells.geojson features are made by the worker that measured it
+                cell_json = partial(features_json, slide_id, level0_mpp=slide.mpp) if args.out_cells else None
                 rows, summary = quantify_ihc(slide, grid.x, grid.y, grid_size_um, entry, params, args.threads, thumb,
-                                             cell_tiles=inside, cells_out=cell_tables)
+                                             cell_tiles=inside, cells_out=cell_tables, cell_json=cell_json)
                 level0_mpp = slide.mpp
                 record.update(summary)
                 restrict_to_tumour(record, rows, region, inside, params, entry)
@@ -363,8 +374,6 @@ def run_slide(args, config: dict, params: IhcParams, kb: dict, entry: dict) -> N
         _warn(record, qc, slide_id)
     meta["status"] = record["status"]
     if args.out_cells:
-        from pipeline.outputs.cell_geojson import write_slide_cells
-
         write_slide_cells(args.out_cells, slide_id, cell_tables, level0_mpp, record)
     write_tiles(args.out_tiles, rows, meta)
     atomic.write_json(args.out, record)
