@@ -40,6 +40,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from pipeline import opencv
+
 _FLIP = np.diag([-1.0, 1.0])
 
 
@@ -100,8 +102,7 @@ def nuclear_density(rgb: np.ndarray) -> np.ndarray:
 
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
-    import cv2
-
+    cv2 = opencv.cv2()
     glass_red = float(glass_colour(rgb)[0])
     lut = np.clip(np.log10((glass_red + 1.0) / (np.arange(256, dtype=np.float32) + 1.0)) / 1.5, 0.0, 1.0)
     return cv2.LUT(cv2.extractChannel(np.ascontiguousarray(rgb), 0), lut.astype(np.float32))
@@ -112,8 +113,7 @@ def warp(image: np.ndarray, mpp_in: float, rigid: Rigid, mpp_out: float, out_sha
     ``mpp_out`` through ``rigid`` (``order`` 1: bilinear, 0: nearest); outside the picture is 0 (within half a
     pixel of its edge: the edge pixel blended with 0, or the edge pixel when nearest). Pixel (row, col) centres sit
     at ((i + 0.5) * mpp). Returns float32; OpenCV's warp, whose sample positions are rounded to 1/32 px."""
-    import cv2
-
+    cv2 = opencv.cv2()
     if order not in (0, 1):
         raise ValueError(f"order must be 0 (nearest) or 1 (bilinear), got {order}")
     inv = np.linalg.inv(rigid.matrix_um())
@@ -244,8 +244,7 @@ def _box_means(picture: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: in
     """Mean of ``picture`` (of its square with ``squared``) over the ``size`` squares whose top-left corners are
     ``rows`` x ``cols``, which step by ``size // 2`` from 0: means of half-size blocks, four blocks a square
     (``size`` even). Read in bands of block rows, so no picture-sized temporary is made."""
-    import cv2
-
+    cv2 = opencv.cv2()
     half = size // 2
     n_r, n_c = len(rows) + 1, len(cols) + 1
     blocks = np.empty((n_r, n_c), np.float32)
