@@ -27,10 +27,12 @@ def write_table(path, arrays: dict, meta: dict) -> None:
 
 
 def read_table(path):
-    """(pyarrow Table, metadata dict) of a table written by :func:`write_table`."""
+    """(pyarrow Table, metadata dict) of a table written by :func:`write_table`. Read as one Parquet file:
+    ``pq.read_table`` would import pyarrow's dataset layer first (0.36 s of every verb's start-up)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    with pq.ParquetFile(path) as handle:
+        table = handle.read()
     return table, json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
 
 

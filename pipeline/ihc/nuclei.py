@@ -66,8 +66,11 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     areas = np.bincount(labels.ravel())
     bad = (areas < min_px) | (areas > max_px)
     bad[0] = True
-    labels[bad[labels]] = 0
-    return labels.astype(np.int32)
+    if bad[1:].any():
+        keep = np.arange(areas.size, dtype=np.int32)
+        keep[bad] = 0
+        labels = keep[labels]
+    return labels.astype(np.int32, copy=False)
 
 
 def max_positions(values: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,12 +105,13 @@ def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray, bl
     comp_of[markers[has]] = components[has]
     seeds = np.bincount(comp_of[1:], minlength=int(components.max()) + 1)
     seeds[0] = 0
-    single = np.zeros(seeds.size, np.int32)
+    single = np.full(seeds.size, -1, np.int32)  # a component's label when it has one seed, -1 with several
+    single[seeds == 0] = 0
     ids = np.arange(1, comp_of.size)
     alone = seeds[comp_of[1:]] == 1
     single[comp_of[1:][alone]] = ids[alone]
     labels = single[components]
-    multi = (seeds >= 2)[components]
+    multi = labels < 0
     if not multi.any():
         return labels
     if block_px <= 1:
@@ -119,7 +123,9 @@ def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray, bl
         for dx in range(block_px):
             coarse_mask |= padded[dy::block_px, dx::block_px]
     coarse_markers = np.zeros(coarse_mask.shape, np.int32)
-    ys, xs = np.nonzero(has & multi)
+    ys, xs = np.nonzero(has)
+    in_multi = multi[ys, xs]
+    ys, xs = ys[in_multi], xs[in_multi]
     coarse_markers[ys // block_px, xs // block_px] = markers[ys, xs]
     coarse = watershed(filters.block_mean(landscape, block_px), coarse_markers, mask=coarse_mask)
     fine = np.repeat(np.repeat(coarse, block_px, axis=0), block_px, axis=1)[:h, :w]
@@ -193,10 +199,11 @@ def nucleus_means(labels: np.ndarray, h_od: np.ndarray, dab_od: np.ndarray) -> t
     n = int(labels.max())
     if n == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    flat = labels.ravel()
+    where = np.flatnonzero(labels)  # the nuclei's pixels only (under half of a tile)
+    flat = labels.ravel()[where]
     area = np.bincount(flat, minlength=n + 1)[1:]
-    h_sum = np.bincount(flat, weights=h_od.ravel().astype(np.float64), minlength=n + 1)[1:]
-    dab_sum = np.bincount(flat, weights=dab_od.ravel().astype(np.float64), minlength=n + 1)[1:]
+    h_sum = np.bincount(flat, weights=h_od.ravel()[where], minlength=n + 1)[1:]
+    dab_sum = np.bincount(flat, weights=dab_od.ravel()[where], minlength=n + 1)[1:]
     keep = area > 0
     return (h_sum[keep] / area[keep]).astype(np.float32), (dab_sum[keep] / area[keep]).astype(np.float32)
 

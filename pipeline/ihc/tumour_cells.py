@@ -25,7 +25,6 @@ width), :func:`tumour_like`.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +53,10 @@ def nucleus_geometry(labels: np.ndarray, mpp: float) -> NucleusGeometry:
     if n == 0:
         empty = np.zeros(0)
         return NucleusGeometry(empty, empty, empty, empty, empty, empty)
-    flat = labels.ravel()
-    x, y, xx, yy, xy = _coordinate_moments(labels.shape)
+    where = np.flatnonzero(labels)  # the nuclei's pixels only
+    flat = labels.ravel()[where]
+    y, x = np.divmod(where, labels.shape[1])
+    y, x = y.astype(np.float64), x.astype(np.float64)
     count = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
     safe = np.maximum(count, 1)
 
@@ -65,8 +66,8 @@ def nucleus_geometry(labels: np.ndarray, mpp: float) -> NucleusGeometry:
     mx, my = mean(x), mean(y)
     # central moments from raw ones (exact to ~1e-10 px^2 for tiles of thousands of px); + 1/12: a pixel's own
     # second moment, so that a one-pixel-wide line has its true width
-    cxx, cyy = mean(xx) - mx * mx + 1 / 12, mean(yy) - my * my + 1 / 12
-    cxy = mean(xy) - mx * my
+    cxx, cyy = mean(x * x) - mx * mx + 1 / 12, mean(y * y) - my * my + 1 / 12
+    cxy = mean(x * y) - mx * my
     half_diff = np.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
     small, large = (cxx + cyy) / 2 - half_diff, (cxx + cyy) / 2 + half_diff
     has = count > 0
@@ -74,17 +75,6 @@ def nucleus_geometry(labels: np.ndarray, mpp: float) -> NucleusGeometry:
                            np.where(has, 4.0 * np.sqrt(np.maximum(small, 0)) * mpp, 0.0),
                            np.where(has, 4.0 * np.sqrt(np.maximum(large, 0)) * mpp, 0.0),
                            np.where(has, 0.5 * np.arctan2(2 * cxy, cxx - cyy), 0.0))
-
-
-@functools.lru_cache(maxsize=4)
-def _coordinate_moments(shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-    """x, y, x*x, y*y, x*y of every pixel of an image of ``shape``, raveled float64 (read-only; one per tile
-    size, so a tile's moments are weighted counts without gathering its pixels)."""
-    y, x = np.indices(shape, dtype=np.float64)
-    out = tuple(a.ravel() for a in (x, y, x * x, y * y, x * y))
-    for a in out:
-        a.flags.writeable = False
-    return out
 
 
 def nucleus_shapes(labels: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
