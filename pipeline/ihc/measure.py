@@ -45,8 +45,7 @@ def tissue_pixels(rgb_od: np.ndarray, mpp: float, od_min: float = 0.015, sigma_u
         mask = filters.gaussian(mean_od, sigma) >= od_min
         return remove_small_holes(mask, max_size=hole_px) if hole_px > 0 else mask
     h, w = mean_od.shape
-    padded = np.pad(mean_od, ((0, h % 2), (0, w % 2)), mode="edge")
-    half = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]) * 0.25
+    half = filters.block_mean(mean_od, 2)
     # a 2-px block mean is itself a smoothing of variance 1/4 px^2 along each axis
     mask = filters.gaussian(half, float(np.sqrt(sigma * sigma - 0.25)) / 2) >= od_min
     if hole_px >= 4:

@@ -117,7 +117,7 @@ def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray, bl
     if block_px <= 1:
         return np.where(multi, watershed(landscape, np.where(multi, markers, 0), mask=multi), labels)
     h, w = landscape.shape
-    padded = np.pad(multi, ((0, -h % block_px), (0, -w % block_px)))
+    padded = np.pad(multi, ((0, -h % block_px), (0, -w % block_px))) if h % block_px or w % block_px else multi
     coarse_mask = np.zeros((padded.shape[0] // block_px, padded.shape[1] // block_px), bool)
     for dy in range(block_px):
         for dx in range(block_px):
