@@ -73,13 +73,26 @@ def estimate_background(rgb: np.ndarray, quantile: float = 0.98, glass_min: floa
     glass removes that offset before any OD threshold applies.
     """
     _check_rgb(rgb)
-    flat = rgb.reshape(-1, 3).astype(np.float64)
-    brightness = flat.sum(axis=1)
-    cut = np.quantile(brightness, quantile)
-    glass = np.median(flat[brightness >= cut], axis=0)
+    flat = rgb.reshape(-1, 3)
+    brightness = flat.sum(axis=1, dtype=np.int32)  # 0..765: order statistics from a histogram, not a sort
+    cut = _histogram_quantile(np.bincount(brightness, minlength=766), quantile)
+    bright = flat[brightness >= cut]
+    glass = np.array([_histogram_quantile(np.bincount(bright[:, c], minlength=256), 0.5) for c in range(3)])
     if glass.min() >= glass_min and glass.max() - glass.min() <= glass_max_chroma:
         return glass
     return np.full(3, 255.0)
+
+
+def _histogram_quantile(counts: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (linear interpolation between order statistics) of integer values given as
+    ``counts`` per value 0, 1, 2...: exact, and linear in the number of distinct values, not of values."""
+    n = int(counts.sum())
+    position = q * (n - 1)
+    below, frac = int(np.floor(position)), position - np.floor(position)
+    cumulative = np.cumsum(counts)
+    low = int(np.searchsorted(cumulative, below, side="right"))  # value of order statistic ``below`` (0-based)
+    high = int(np.searchsorted(cumulative, min(below + 1, n - 1), side="right"))
+    return float(low + (high - low) * frac)
 
 
 def rgb_to_od(rgb: np.ndarray, background=255.0) -> np.ndarray:
