@@ -191,7 +191,8 @@ class Deconvolver:
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(H OD, DAB OD, per-channel RGB OD) of an RGB tile."""
         conc, od = self.concentrations(rgb)
-        return conc[..., 0], conc[..., 1], od
+        # contiguous planes: every later step (sums, smoothing, per-nucleus means) reads them whole
+        return np.ascontiguousarray(conc[..., 0]), np.ascontiguousarray(conc[..., 1]), od
 
     def concentrations(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(stain concentrations ``(..., 3)`` in matrix order, clipped at 0; per-channel RGB OD), float32."""
