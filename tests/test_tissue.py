@@ -111,3 +111,21 @@ def test_pen_ink_halo_is_not_tissue():
     img[20:180, 127:130] = img[20:180, 140:143] = (215, 232, 218)  # ... with its pale halo
     mask = tissue_mask(img, mpp=4.0)
     assert mask[30:170, 30:80].all() and not mask[:, 100:].any()
+
+
+def test_opencv_primitives_match_scipy_and_skimage():
+    """tissue_mask's distance transform and small-object removal give what scipy / scikit-image give."""
+    from scipy import ndimage
+    from skimage import morphology
+
+    from pipeline.slides.tissue import _edt, _remove_small
+
+    rng = np.random.default_rng(11)
+    for shape in [(80, 120), (7, 5)]:
+        mask = ndimage.gaussian_filter(rng.random(shape), 2.0) > 0.5
+        if mask.all() or not mask.any():
+            continue
+        assert np.allclose(_edt(mask), ndimage.distance_transform_edt(mask), atol=1e-4)
+        for size in (1, 5, 40):
+            assert np.array_equal(_remove_small(mask, size), morphology.remove_small_objects(mask, max_size=size))
+            assert np.array_equal(~_remove_small(~mask, size), morphology.remove_small_holes(mask, max_size=size))

@@ -1,4 +1,4 @@
-"""Tissue and pen-ink detection on a low-resolution RGB thumbnail (pure numpy/scipy/scikit-image; no slide I/O).
+"""Tissue and pen-ink detection on a low-resolution RGB thumbnail (pure numpy and OpenCV; no slide I/O).
 
 Works on H&E and on IHC: pale haematoxylin-only tissue is still coloured (saturation) and absorbs light
 (optical density), while glass is bright and grey, and pen ink has hues tissue never has. Pale tissue (loose and
@@ -13,23 +13,24 @@ import numpy as np
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
     """Mean optical density over R, G, B (Beer-Lambert, background 255): glass ~0.02, dense tissue > 0.5."""
-    od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0)
-    return od.mean(axis=-1)
+    r, g, b = _channels(_OD_LUT[rgb] if rgb.ndim != 3 else _lut(rgb, _OD_LUT))
+    return (r + g + b) / np.float32(3)
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation in [0, 1]."""
-    rgb = rgb.astype(np.float32)
-    vmax, vmin = rgb.max(axis=-1), rgb.min(axis=-1)
+    r, g, b = _channels(rgb)
+    vmax = np.maximum(np.maximum(r, g), b).astype(np.float32)
+    vmin = np.minimum(np.minimum(r, g), b).astype(np.float32)
     return np.where(vmax > 0, (vmax - vmin) / np.maximum(vmax, 1.0), 0.0)
 
 
 def pen_ink_mask(rgb: np.ndarray) -> np.ndarray:
     """Green, blue and black marker ink: colours H&E/IHC stains do not produce."""
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    r, g, b = (c.astype(np.int16) for c in _channels(rgb))
     green = (g - r > 20) & (g >= b - 10)
     blue = (b > 90) & (r < 0.35 * b) & (g < 0.85 * b)
-    black = rgb.max(axis=-1) < 50
+    black = np.maximum(np.maximum(r, g), b) < 50
     return green | blue | black
 
 
@@ -57,24 +58,58 @@ def glass_relative_od(rgb: np.ndarray, glass: np.ndarray) -> tuple[np.ndarray, n
     """``(spread, mean)`` of the optical density over R, G, B relative to ``glass``: the spread (max - min) is ~0
     for glass, and small for grey dust, shadows and dark edges, which darken all channels alike; stains absorb
     some colours more than others."""
-    od = _OD_LUT[rgb] - _OD_LUT[np.clip(np.round(glass), 0, 255).astype(np.intp)]
-    return od.max(axis=-1) - od.min(axis=-1), od.mean(axis=-1)
+    glass_od = _OD_LUT[np.clip(np.round(glass), 0, 255).astype(np.intp)]
+    r, g, b = _channels(_OD_LUT[rgb] if rgb.ndim != 3 else _lut(rgb, _OD_LUT))
+    r, g, b = r - glass_od[0], g - glass_od[1], b - glass_od[2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return spread, (r + g + b) / np.float32(3)
+
+
+def _channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three channels of an (..., 3) array, each contiguous (a reduction along a last axis of 3 is slow)."""
+    return tuple(np.ascontiguousarray(image[..., i]) for i in range(3))
+
+
+def _lut(rgb: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[rgb]`` of an (H, W, 3) uint8 picture (OpenCV's look-up: the same values, without the gather)."""
+    from pipeline import opencv
+
+    return opencv.cv2().LUT(np.ascontiguousarray(rgb), table)
+
+
+def _edt(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.distance_transform_edt(mask)``: each True pixel's Euclidean distance (px) to the nearest
+    False one, exact (OpenCV's precise mask; float32, which no distance threshold here falls within rounding of)."""
+    from pipeline import opencv
+
+    cv2 = opencv.cv2()
+    return cv2.distanceTransform(np.ascontiguousarray(mask, bool).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def _remove_small(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """``skimage.morphology.remove_small_objects(mask, max_size=max_size)``: 4-connected components of at most
+    ``max_size`` px dropped."""
+    from pipeline import opencv
+
+    cv2 = opencv.cv2()
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, bool).view(np.uint8),
+                                                           connectivity=4, ltype=cv2.CV_32S)
+    small = stats[:, cv2.CC_STAT_AREA] <= max_size
+    small[0] = False
+    return mask & ~small[labels]
 
 
 def _disk_closing(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """Binary closing with a Euclidean disk of ``radius_px`` (two distance transforms: fast for any radius)."""
-    from scipy import ndimage
-
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if radius_px < 1 or not len(rows):
         return mask
     # only the tissue's bounding box: glass beyond it (and beyond the image edge) is never closed
     pad = int(np.ceil(radius_px)) + 1
     box = np.pad(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], pad)
-    grown = ndimage.distance_transform_edt(~box) <= radius_px
+    grown = _edt(~box) <= radius_px
     out = mask.copy()
-    out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = (ndimage.distance_transform_edt(grown) > radius_px)[pad:-pad,
-                                                                                                          pad:-pad]
+    out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = (_edt(grown) > radius_px)[pad:-pad, pad:-pad]
     return out
 
 
@@ -108,24 +143,21 @@ def tissue_mask(
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
     if not mpp > 0:
         raise ValueError(f"mpp must be > 0, got {mpp}")
-    from scipy import ndimage
-    from skimage import morphology
-
     pen = pen_ink_mask(rgb)
     spread, mean_od = glass_relative_od(rgb, glass_colour(rgb))
     stained = (saturation(rgb) >= saturation_min) & (optical_density(rgb) >= optical_density_min)
     pale = (spread >= pale_chroma_min) & (mean_od < PALE_OD_MAX)
     if pen.any() and pen_margin_um / mpp >= 1:
-        pale &= ndimage.distance_transform_edt(~pen) > pen_margin_um / mpp
+        pale &= _edt(~pen) > pen_margin_um / mpp
     mask = (stained | pale) & (spread >= TINT_MIN * mean_od) & ~pen
     px_area_um2 = mpp * mpp
     min_obj_px = int(min_object_um2 / px_area_um2)
     if min_obj_px > 0:
-        mask = morphology.remove_small_objects(mask, max_size=min_obj_px)
+        mask = _remove_small(mask, min_obj_px)
     mask = _disk_closing(mask, membrane_closing_um / mpp) & ~pen
     min_hole_px = int(min_hole_um2 / px_area_um2)
     if min_hole_px > 0:
-        mask = morphology.remove_small_holes(mask, max_size=min_hole_px)
+        mask = ~_remove_small(~mask, min_hole_px)  # holes: small components of the glass
     if min_obj_px > 0:
-        mask = morphology.remove_small_objects(mask, max_size=min_obj_px)
+        mask = _remove_small(mask, min_obj_px)
     return mask
