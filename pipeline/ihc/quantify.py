@@ -138,14 +138,34 @@ def measure_grid(slide, job: GridJob, workers: int = 1) -> list[tuple[dict, dict
     slide readers' tile caches are not thread-safe); the results are the same, tile for tile."""
     n = len(job.grid_x)
     path = getattr(slide, "path", None)
+    order = band_order(job.grid_x, job.grid_y)
     if workers <= 1 or n < 2 or path is None:
-        return [measure_grid_tile(slide, job, i) for i in range(n)]
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)  # fork: no re-import per worker
-    override = slide.mpp if getattr(slide, "mpp_source", None) == "override" else None
-    with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=context, initializer=_start_worker,
-                             initargs=(path, override, job)) as pool:
-        return list(pool.map(_worker_tile, range(n), chunksize=max(1, min(16, n // (8 * workers)))))
+        results = [measure_grid_tile(slide, job, int(i)) for i in order]
+    else:
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)  # fork: no re-import per worker
+        override = slide.mpp if getattr(slide, "mpp_source", None) == "override" else None
+        with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=context, initializer=_start_worker,
+                                 initargs=(path, override, job)) as pool:
+            results = list(pool.map(_worker_tile, order.tolist(), chunksize=max(1, min(16, n // (8 * workers)))))
+    in_grid_order = [None] * n
+    for i, r in zip(order.tolist(), results, strict=True):
+        in_grid_order[i] = r
+    return in_grid_order
+
+
+def band_order(grid_x: np.ndarray, grid_y: np.ndarray, band_tiles: int = 4) -> np.ndarray:
+    """Grid tile indices in bands ``band_tiles`` tiles wide, each read top to bottom, row by row: a tile then
+    shares the slide's decoded segments (the reader's cache) with the tile before it and the one above it, not only
+    its left neighbour (on the 60000 x 40000 benchmark slide, 16 segments touched per tile, 12.5 each decoded once).
+    Corners are level-0 px; the tile pitch is the smallest step between distinct x."""
+    x, y = np.asarray(grid_x), np.asarray(grid_y)
+    if len(x) < 2:
+        return np.arange(len(x))
+    steps = np.diff(np.unique(x))
+    pitch = int(steps.min()) if len(steps) else 1
+    band = (x - x.min()) // (pitch * band_tiles)
+    return np.lexsort((x, y, band))
 
 
 def quantify_ihc(slide, grid_x: np.ndarray, grid_y: np.ndarray, grid_size_um: float, entry: dict,
