@@ -43,7 +43,8 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     """
     if mpp <= 0:
         raise ValueError(f"mpp must be > 0, got {mpp}")
-    raw = np.minimum(h_od + dab_od, max(SIGNAL_CAP_OD, od_min + 0.2)).astype(np.float32)  # headroom over od_min
+    raw = np.add(h_od, dab_od, dtype=np.float32)
+    np.minimum(raw, np.float32(max(SIGNAL_CAP_OD, od_min + 0.2)), out=raw)  # headroom over od_min
     sigma = max(sigma_um / mpp, 0.1)
     smooth = filters.gaussian(raw, sigma)
     px_area = mpp * mpp
@@ -58,7 +59,7 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     components, _ = filters.label4(mask)
     # Components with no seed (a bigger neighbour's maximum within the window) get one so they are not lost.
     seeded = np.zeros(components.max() + 1, bool)
-    seeded[components[markers > 0]] = True
+    seeded[components[np.nonzero(markers)]] = True
     unseeded = np.flatnonzero(~seeded[1:]) + 1
     if len(unseeded):
         markers[max_positions(blob, components, unseeded)] = np.arange(n_peaks + 1, n_peaks + 1 + len(unseeded))
@@ -100,9 +101,9 @@ def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray, bl
     labelled pixel instead (:func:`_own_component`)."""
     from skimage.segmentation import watershed
 
-    has = markers > 0
+    ys, xs = np.nonzero(markers)  # the seeds' pixels (few)
     comp_of = np.zeros(int(markers.max()) + 1, np.int64)  # component of each seed id
-    comp_of[markers[has]] = components[has]
+    comp_of[markers[ys, xs]] = components[ys, xs]
     seeds = np.bincount(comp_of[1:], minlength=int(components.max()) + 1)
     seeds[0] = 0
     single = np.full(seeds.size, -1, np.int32)  # a component's label when it has one seed, -1 with several
@@ -123,7 +124,6 @@ def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray, bl
         for dx in range(block_px):
             coarse_mask |= padded[dy::block_px, dx::block_px]
     coarse_markers = np.zeros(coarse_mask.shape, np.int32)
-    ys, xs = np.nonzero(has)
     in_multi = multi[ys, xs]
     ys, xs = ys[in_multi], xs[in_multi]
     coarse_markers[ys // block_px, xs // block_px] = markers[ys, xs]
