@@ -19,11 +19,12 @@ SEED_SIGMA_UM = 2.0
 # 27 % of drawn ER-negative gland nuclei were missed and 26 % of those found read brown; ER on pure tumour tiles
 # read 92.8 % against 85.3 % drawn, at 0.5 OD 88.2 %). Nuclei are 0.5-1.2 OD; the class still reads the raw means.
 SIGNAL_CAP_OD = 0.5
-# Touching nuclei are split on blocks of about this side (2 px at 0.5 um/px; whole pixels at 1 um/px or coarser):
-# on the sample slides' drawn cells the tumour-like nuclei and per-cell figures moved by under a point against the
-# pixel flood (A-ER 75.1 vs 75.3 %, B-p40 88.3 vs 88.4 %, C-desmin 83.6 vs 84.5 % on 12 tiles each) and the tile
-# took 18 ms less.
-FLOOD_UM = 1.0
+# Touching nuclei are split on blocks of about this side (3 px at 0.5 um/px; whole pixels at 1.5 um/px or
+# coarser), so the flood, the costliest step of a tile, handles a ninth of the pixels. Against the pixel flood, on
+# the sample slides' drawn cells (12 tiles each) the per-cell figures moved by under a point (A-ER 75.3 -> 74.6 %,
+# B-p40 88.4 -> 88.6 %, C-desmin 84.5 -> 84.2 %); over the sample cohort's tumour regions (`make demo`) by at most
+# 0.36 points against 1 um blocks (A-ER 82.2 -> 82.0 %, B-CK 66.0 -> 65.7 %), cells counted within 1 %.
+FLOOD_UM = 1.5
 
 
 def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um: float = 1.0,
