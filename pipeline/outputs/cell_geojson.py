@@ -18,7 +18,7 @@ failed) gets an empty FeatureCollection; ihc.json's ``cells_geojson`` says how m
 
 The text is made a whole cell table at a time (:func:`features_json`: arrays in, canonical JSON out, the bytes
 ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` writes for the same features), so
-quantify-ihc's worker processes make each tile's share (:func:`pipeline.ihc.quantify.measure_grid`) and the
+quantify-ihc's worker processes make each tile's share (:func:`pipeline.ihc.grid.measure_grid`) and the
 writer only joins them in tile order, streamed to disk (:func:`write_features`).
 
 Public: :func:`features_json`, :func:`cell_ids`, :func:`write_cells_geojson`, :func:`write_slide_cells`.
