@@ -97,9 +97,9 @@ def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray, bl
     With ``block_px`` > 1 those components are flooded on ``block_px`` x ``block_px`` block means of the landscape
     (their seeds at the block holding them, a block in the mask where any of its pixels is) and each pixel takes its
     block's label: the dividing lines between touching nuclei fall on block edges, and the flood, the costliest
-    step of a tile, handles a quarter of the pixels at 2 px blocks. A pixel whose block went to a seed of another
-    component (two components a pixel apart share a block) takes the label of its own component's nearest
-    labelled pixel instead (:func:`_own_component`)."""
+    step of a tile, handles a ninth of the pixels at 3 px blocks (:data:`FLOOD_UM`). A pixel whose block went to a
+    seed of another component (two components a pixel apart share a block) takes the label of its own component's
+    nearest labelled pixel instead (:func:`_own_component`)."""
     from skimage.segmentation import watershed
 
     ys, xs = np.nonzero(markers)  # the seeds' pixels (few)
@@ -136,7 +136,8 @@ def flood(landscape: np.ndarray, markers: np.ndarray, components: np.ndarray, bl
 
 def _own_component(labels: np.ndarray, comp_of: np.ndarray, components: np.ndarray) -> np.ndarray:
     """``labels`` with every pixel labelled by a seed of another component (``comp_of``: component of each seed
-    id) relabelled by growing its own component's labels into it, a 4-neighbour step at a time."""
+    id) relabelled by growing its own component's labels into it, a 4-neighbour step at a time (a pixel whose
+    neighbours' largest label is another component's stays unlabelled: a few edge pixels at most)."""
     wrong = (labels > 0) & (comp_of[labels] != components)
     if not wrong.any():
         return labels
@@ -153,7 +154,7 @@ def _own_component(labels: np.ndarray, comp_of: np.ndarray, components: np.ndarr
         ids = grown.astype(np.int64)
         new = todo & (ids > 0) & (comp_of[ids] == comp)
         if not new.any():
-            break  # nothing of its own component reaches it (cannot happen: each component holds a seed)
+            break  # left unlabelled: only another component's larger label touches it (the max filter's pick)
         window[new] = grown[new]
         todo &= ~new
     labels[y0:y1, x0:x1] = window.astype(np.int32)
