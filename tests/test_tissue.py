@@ -118,14 +118,14 @@ def test_opencv_primitives_match_scipy_and_skimage():
     from scipy import ndimage
     from skimage import morphology
 
-    from pipeline.slides.tissue import _edt, _remove_small
+    from pipeline.filters import edt, remove_small
 
     rng = np.random.default_rng(11)
     for shape in [(80, 120), (7, 5)]:
         mask = ndimage.gaussian_filter(rng.random(shape), 2.0) > 0.5
         if mask.all() or not mask.any():
             continue
-        assert np.allclose(_edt(mask), ndimage.distance_transform_edt(mask), atol=1e-4)
+        assert np.allclose(edt(mask), ndimage.distance_transform_edt(mask), atol=1e-4)
         for size in (1, 5, 40):
-            assert np.array_equal(_remove_small(mask, size), morphology.remove_small_objects(mask, max_size=size))
-            assert np.array_equal(~_remove_small(~mask, size), morphology.remove_small_holes(mask, max_size=size))
+            assert np.array_equal(remove_small(mask, size), morphology.remove_small_objects(mask, max_size=size))
+            assert np.array_equal(~remove_small(~mask, size), morphology.remove_small_holes(mask, max_size=size))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.ihc import filters
+from pipeline import filters
 from pipeline.ihc.cells import CELL_COUNT_COLUMNS, cell_metrics, cell_table, counts_from_table, empty_counts
 from pipeline.ihc.nuclei import detect_nuclei, estimate_nucleus_threshold, nucleus_counts, nucleus_means
 from pipeline.ihc.params import IhcParams
@@ -36,20 +36,18 @@ def tissue_pixels(rgb_od: np.ndarray, mpp: float, od_min: float = 0.015, sigma_u
     scan: median tissue OD 0.018 against the NDPI scan's 0.049); lumens and glass stay out. A smoothing of 2 px
     or more is done on 2 x 2 block means (a quarter of the pixels; the mask's edge then falls on even pixels).
     """
-    from skimage.morphology import remove_small_holes
-
     mean_od = rgb_od @ np.full(3, 1 / 3, rgb_od.dtype)
     sigma = max(sigma_um / mpp, 0.1)
     hole_px = int(max_hole_um2 / (mpp * mpp))
     if sigma < 2.0 or min(mean_od.shape) < 2:
         mask = filters.gaussian(mean_od, sigma) >= od_min
-        return remove_small_holes(mask, max_size=hole_px) if hole_px > 0 else mask
+        return ~filters.remove_small(~mask, hole_px) if hole_px > 0 else mask
     h, w = mean_od.shape
     half = filters.block_mean(mean_od, 2)
     # a 2-px block mean is itself a smoothing of variance 1/4 px^2 along each axis
     mask = filters.gaussian(half, float(np.sqrt(sigma * sigma - 0.25)) / 2) >= od_min
     if hole_px >= 4:
-        mask = remove_small_holes(mask, max_size=hole_px // 4)
+        mask = ~filters.remove_small(~mask, hole_px // 4)
     return np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)[:h, :w]
 
 

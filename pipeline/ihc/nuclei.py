@@ -1,4 +1,4 @@
-"""Nuclei on H and DAB OD images (pure: numpy, scikit-image, and OpenCV via :mod:`pipeline.ihc.filters`):
+"""Nuclei on H and DAB OD images (pure: numpy, scikit-image, and OpenCV via :mod:`pipeline.filters`):
 :func:`detect_nuclei` (Gaussian smoothing, OD threshold, watershed seeded by a Laplacian of Gaussian, sized for the
 um/px), :func:`estimate_nucleus_threshold`, :func:`nucleus_means`, :func:`nucleus_classes` (DAB class per nucleus)
 and :func:`nucleus_counts`."""
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import opencv
-from pipeline.ihc import filters
+from pipeline import filters, opencv
 from pipeline.ihc.stain import intensity_classes
 
 # Seeds: the Laplacian-of-Gaussian scale of a nucleus (sigma ~ radius / sqrt(2) for the 5-8 um nuclei of tumour
@@ -50,7 +49,7 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     smooth = filters.gaussian(raw, sigma)
     px_area = mpp * mpp
     min_px, max_px = max(1, int(round(min_area_um2 / px_area))), int(round(max_area_um2 / px_area))
-    mask = binary_open_cross(smooth >= od_min)
+    mask = filters.open_cross(smooth >= od_min)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
     blob = _blob(raw, smooth, sigma, max(seed_sigma_um / mpp, 0.5))
@@ -159,11 +158,6 @@ def _own_component(labels: np.ndarray, comp_of: np.ndarray, components: np.ndarr
         todo &= ~new
     labels[y0:y1, x0:x1] = window.astype(np.int32)
     return labels
-
-
-def binary_open_cross(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_opening(mask, iterations=1)`` (3 x 3 cross, outside = background)."""
-    return filters.open_cross(mask)
 
 
 def _blob(raw: np.ndarray, smooth: np.ndarray, sigma: float, s: float) -> np.ndarray:

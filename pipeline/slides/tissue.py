@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline import filters
+
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
     """Mean optical density over R, G, B (Beer-Lambert, background 255): glass ~0.02, dense tissue > 0.5."""
-    r, g, b = _channels(_OD_LUT[rgb] if rgb.ndim != 3 else _lut(rgb, _OD_LUT))
+    r, g, b = _channels(_OD_LUT[rgb] if rgb.ndim != 3 else filters.lookup(rgb, _OD_LUT))
     return (r + g + b) / np.float32(3)
 
 
@@ -59,7 +61,7 @@ def glass_relative_od(rgb: np.ndarray, glass: np.ndarray) -> tuple[np.ndarray, n
     for glass, and small for grey dust, shadows and dark edges, which darken all channels alike; stains absorb
     some colours more than others."""
     glass_od = _OD_LUT[np.clip(np.round(glass), 0, 255).astype(np.intp)]
-    r, g, b = _channels(_OD_LUT[rgb] if rgb.ndim != 3 else _lut(rgb, _OD_LUT))
+    r, g, b = _channels(_OD_LUT[rgb] if rgb.ndim != 3 else filters.lookup(rgb, _OD_LUT))
     r, g, b = r - glass_od[0], g - glass_od[1], b - glass_od[2]
     spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
     return spread, (r + g + b) / np.float32(3)
@@ -70,35 +72,6 @@ def _channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.ascontiguousarray(image[..., i]) for i in range(3))
 
 
-def _lut(rgb: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``table[rgb]`` of an (H, W, 3) uint8 picture (OpenCV's look-up: the same values, without the gather)."""
-    from pipeline import opencv
-
-    return opencv.cv2().LUT(np.ascontiguousarray(rgb), table)
-
-
-def _edt(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.distance_transform_edt(mask)``: each True pixel's Euclidean distance (px) to the nearest
-    False one, exact (OpenCV's precise mask; float32, which no distance threshold here falls within rounding of)."""
-    from pipeline import opencv
-
-    cv2 = opencv.cv2()
-    return cv2.distanceTransform(np.ascontiguousarray(mask, bool).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-
-
-def _remove_small(mask: np.ndarray, max_size: int) -> np.ndarray:
-    """``skimage.morphology.remove_small_objects(mask, max_size=max_size)``: 4-connected components of at most
-    ``max_size`` px dropped."""
-    from pipeline import opencv
-
-    cv2 = opencv.cv2()
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, bool).view(np.uint8),
-                                                           connectivity=4, ltype=cv2.CV_32S)
-    small = stats[:, cv2.CC_STAT_AREA] <= max_size
-    small[0] = False
-    return mask & ~small[labels]
-
-
 def _disk_closing(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """Binary closing with a Euclidean disk of ``radius_px`` (two distance transforms: fast for any radius)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -107,9 +80,9 @@ def _disk_closing(mask: np.ndarray, radius_px: float) -> np.ndarray:
     # only the tissue's bounding box: glass beyond it (and beyond the image edge) is never closed
     pad = int(np.ceil(radius_px)) + 1
     box = np.pad(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], pad)
-    grown = _edt(~box) <= radius_px
+    grown = filters.edt(~box) <= radius_px
     out = mask.copy()
-    out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = (_edt(grown) > radius_px)[pad:-pad, pad:-pad]
+    out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = (filters.edt(grown) > radius_px)[pad:-pad, pad:-pad]
     return out
 
 
@@ -148,16 +121,16 @@ def tissue_mask(
     stained = (saturation(rgb) >= saturation_min) & (optical_density(rgb) >= optical_density_min)
     pale = (spread >= pale_chroma_min) & (mean_od < PALE_OD_MAX)
     if pen.any() and pen_margin_um / mpp >= 1:
-        pale &= _edt(~pen) > pen_margin_um / mpp
+        pale &= filters.edt(~pen) > pen_margin_um / mpp
     mask = (stained | pale) & (spread >= TINT_MIN * mean_od) & ~pen
     px_area_um2 = mpp * mpp
     min_obj_px = int(min_object_um2 / px_area_um2)
     if min_obj_px > 0:
-        mask = _remove_small(mask, min_obj_px)
+        mask = filters.remove_small(mask, min_obj_px)
     mask = _disk_closing(mask, membrane_closing_um / mpp) & ~pen
     min_hole_px = int(min_hole_um2 / px_area_um2)
     if min_hole_px > 0:
-        mask = ~_remove_small(~mask, min_hole_px)  # holes: small components of the glass
+        mask = ~filters.remove_small(~mask, min_hole_px)  # holes: small components of the glass
     if min_obj_px > 0:
-        mask = _remove_small(mask, min_obj_px)
+        mask = filters.remove_small(mask, min_obj_px)
     return mask
