@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import atomic
-from pipeline.config import load_samples
+from pipeline.config import load_samples, safe_load
 from pipeline.errors import ConfigError, SlideError, TriageError
 from pipeline.he.slide_call import CLASSES as HE_CLASSES
 from pipeline.outputs.drawing import CLASS_COLOURS as FIGURE_COLOURS
@@ -54,7 +54,7 @@ def run_inputs(results: Path, samples: str | None = None, markers: str | None = 
     recorded = results / "config.yaml"
     if recorded.is_file():
         try:
-            config = yaml.safe_load(recorded.read_text(encoding="utf-8")) or {}
+            config = safe_load(recorded.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{recorded}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from exc
     workdir = Path.cwd() if samples else _workdir(results, config.get("results"))
