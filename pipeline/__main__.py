@@ -1,7 +1,7 @@
 """Command line: ``python -m pipeline VERB [options]``, one verb per workflow rule.
 
 Only the module that implements the chosen verb is imported, so verbs that do not need torch
-never pay for importing it.
+never pay for importing it; nor does any verb import pandas (:func:`cli`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from pipeline.errors import TriageError
@@ -77,5 +78,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _NoPandas:
+    """Import finder that refuses pandas. No verb uses it, but pyarrow imports it on its first array conversion
+    whenever it is installed (the SLURM executor plugin brings it): 0.34 s in every job's process. pyarrow treats
+    the refusal as pandas being absent."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is not used by slide-triage's verbs", name=name)
+        return None
+
+
+def cli() -> int:
+    """``python -m pipeline`` and the ``slide-triage`` script: :func:`main` in a process of its own, set up for
+    short-lived large arrays (``main`` itself leaves the process alone: tests call it in-process):
+
+    * pandas is refused (:class:`_NoPandas`);
+    * NumPy does not ask for transparent huge pages (``NUMPY_MADVISE_HUGEPAGE=0`` unless the environment sets it;
+      NumPy reads it when first imported, and worker processes inherit it). Each array of 4 MB or more is otherwise
+      faulted in 2 MB pages, compacted for on the spot where the kernel defragments for madvise (the default):
+      on the benchmark machine register-ihc spent 1.2-1.6 s of its 3.5-4.3 s in the kernel that way, 0.4-0.6 s
+      without (``docs/benchmark.md``)."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
