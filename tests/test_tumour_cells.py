@@ -9,13 +9,13 @@ import pytest
 from skimage.draw import ellipse
 
 from pipeline.ihc import stain
-from pipeline.ihc.cells import cell_counts
+from pipeline.ihc.cells import cell_counts, cell_table
 from pipeline.ihc.measure import COUNT_COLUMNS, SUM_COLUMNS, derived_metrics, quantify_tile
 from pipeline.ihc.measured_region import per_tumour_cell_entry, summarise_rows
-from pipeline.ihc.nuclei import detect_nuclei
+from pipeline.ihc.nuclei import detect_nuclei, label_pixels, nucleus_means
 from pipeline.ihc.params import IhcParams
 from pipeline.ihc.reading import marker_result
-from pipeline.ihc.tumour_cells import nucleus_shapes, tumour_like
+from pipeline.ihc.tumour_cells import nucleus_geometry, nucleus_shapes, tumour_like
 
 MPP = 0.5
 PARAMS = IhcParams()
@@ -44,6 +44,24 @@ def test_nucleus_shapes_measure_area_and_width():
     assert area == pytest.approx(np.pi * np.array([20.0, 9.0, 9.0]), rel=0.05)
     assert width == pytest.approx([8.0, 3.0, 6.0], abs=0.4)
     assert nucleus_shapes(np.zeros((8, 8), np.int32), MPP)[0].size == 0
+
+
+def test_label_pixels_found_once_give_the_same_measures():
+    """quantify_tile finds a tile's labelled pixels once for the means, the geometry and the cell table; a label
+    without pixels (dropped by size) stays in the count with 0."""
+    lab = draw([(50, 50, 5.0, 4.0, 0.3), (120, 120, 6.0, 1.5, 1.0), (50, 150, 3.0, 3.0, 0.0)])
+    lab[lab == 2] = 0  # a gap in the ids, as detect_nuclei leaves
+    rng = np.random.default_rng(0)
+    h, dab = rng.random(lab.shape).astype(np.float32), rng.random(lab.shape).astype(np.float32)
+    pixels = label_pixels(lab)
+    assert pixels.count.tolist() == [0, int((lab == 1).sum()), 0, int((lab == 3).sum())]
+    for got, want in zip(nucleus_means(lab, h, dab, pixels), nucleus_means(lab, h, dab), strict=True):
+        assert np.array_equal(got, want) and got.size == 2
+    shared, alone = vars(nucleus_geometry(lab, MPP, pixels)), vars(nucleus_geometry(lab, MPP))
+    assert all(np.array_equal(shared[k], alone[k]) for k in alone) and alone["area_um2"][1] == 0
+    expected = cell_table(lab, h, dab, MPP, "nuclear")
+    for key, value in cell_table(lab, h, dab, MPP, "nuclear", pixels=pixels).items():
+        assert np.array_equal(value, expected[key], equal_nan=True), key
 
 
 def test_tumour_like_sets_aside_fibroblasts_and_lymphocytes():

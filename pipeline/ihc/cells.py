@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.ihc.nuclei import nucleus_classes, nucleus_means
+from pipeline.ihc.nuclei import LabelPixels, label_pixels, nucleus_classes, nucleus_means
 from pipeline.ihc.stain import intensity_classes
 from pipeline.ihc.tumour_cells import nucleus_geometry, tumour_like
 
@@ -223,25 +223,27 @@ def membrane_classes(m: CellMeasurements, thresholds=(0.2, 0.4, 0.6), complete_m
 def cell_table(labels: np.ndarray, h_od: np.ndarray, dab_od: np.ndarray, mpp: float, compartment: str,
                thresholds=(0.2, 0.4, 0.6), dab_fraction_min: float = 0.35, dab_od_min: float = 0.05,
                cytoplasm_um: float = CYTOPLASM_UM, membrane_um: float = MEMBRANE_UM,
-               tumour_cells: tuple[float, float] | None = None, means=None) -> dict[str, np.ndarray]:
+               tumour_cells: tuple[float, float] | None = None, means=None,
+               pixels: LabelPixels | None = None) -> dict[str, np.ndarray]:
     """One row per nucleus of ``labels`` (in label order): its geometry (:func:`pipeline.ihc.tumour_cells
     .nucleus_geometry`: ``cx_px``, ``cy_px``, ``area_um2``, ``width_um``, ``length_um``, ``angle_rad``), the mean
     DAB OD of its nucleus and (grown cells) its cytoplasm ring, its DAB class 0-3 in ``compartment``, its HER2-style
     research class (membranous; else -1) and ``tumour_like`` (all True without ``tumour_cells`` = (min nucleus area
     um2, min width um), :mod:`pipeline.ihc.tumour_cells`). Every nucleus takes its share of space when cells are
     grown, tumour-like or not. ``means``: the :func:`pipeline.ihc.nuclei.nucleus_means` of ``labels`` when already
-    computed (a nuclear compartment reads them)."""
+    computed (a nuclear compartment reads them); ``pixels``: their :func:`pipeline.ihc.nuclei.label_pixels`."""
     if compartment not in COMPARTMENTS:
         raise ValueError(f"compartment must be one of {COMPARTMENTS}, got {compartment!r}")
     labels = np.asarray(labels, np.int32)
-    present = np.bincount(labels.ravel())[1:] > 0 if labels.size else np.zeros(0, bool)
-    g = nucleus_geometry(labels, mpp)
+    pixels = pixels if pixels is not None else label_pixels(labels)
+    present = pixels.count[1:] > 0
+    g = nucleus_geometry(labels, mpp, pixels)
     table = {k: getattr(g, k)[present] for k in ("cx_px", "cy_px", "area_um2", "width_um", "length_um", "angle_rad")}
     n = int(present.sum())
     table["tumour_like"] = (tumour_like(table["area_um2"], table["width_um"], *tumour_cells)
                             if tumour_cells is not None else np.ones(n, bool))
     if compartment == "nuclear":  # the cells' class is their nucleus's: no need to grow them
-        h_mean, dab_mean = means if means is not None else nucleus_means(labels, h_od, dab_od)
+        h_mean, dab_mean = means if means is not None else nucleus_means(labels, h_od, dab_od, pixels)
         table.update(nucleus_dab=dab_mean, ring_dab=np.full(n, np.nan), her2_class=np.full(n, -1, np.int8),
                      dab_class=nucleus_classes(h_mean, dab_mean, thresholds, dab_fraction_min, dab_od_min))
         return table

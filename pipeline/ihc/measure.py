@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline import filters
 from pipeline.ihc.cells import CELL_COUNT_COLUMNS, cell_metrics, cell_table, counts_from_table, empty_counts
-from pipeline.ihc.nuclei import detect_nuclei, estimate_nucleus_threshold, nucleus_counts, nucleus_means
+from pipeline.ihc.nuclei import detect_nuclei, estimate_nucleus_threshold, label_pixels, nucleus_counts, nucleus_means
 from pipeline.ihc.params import IhcParams
 from pipeline.ihc.stain import Deconvolver
 
@@ -98,10 +98,11 @@ def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
     h, dab, od = deconvolver(rgb)
     tissue = tissue_pixels(od, mpp, params.tissue_od_min, params.tissue_sigma_um, params.tissue_max_hole_um2)
     counts = pixel_counts(h, dab, tissue, params.dab_od_thresholds)
-    labels = cell_labels = cells = means = None
+    labels = cell_labels = cells = means = pixels = None
     if nuclear:
         labels = _detect(h, dab, mpp, params, nucleus_od_min, nuclei_include_dab)
-        means = nucleus_means(labels, h, dab)  # read again by a nuclear compartment's cells
+        pixels = label_pixels(labels)  # the means and a nuclear compartment's cells read them again
+        means = nucleus_means(labels, h, dab, pixels)
         counts.update(nucleus_counts(labels, h, dab, params.dab_od_thresholds, params.nucleus_dab_fraction_min,
                                      params.nucleus_dab_od_min, means=means))
     else:
@@ -114,7 +115,7 @@ def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
                                                     compartment == "nuclear")
         cells = cell_table(cell_labels, h, dab, mpp, compartment, params.dab_od_thresholds,
                            params.nucleus_dab_fraction_min, params.nucleus_dab_od_min, tumour_cells=tumour_cells,
-                           means=means if reuse else None)
+                           means=means if reuse else None, pixels=pixels if reuse else None)
         counts.update(counts_from_table(cells))
     if return_cells:
         return counts, cells

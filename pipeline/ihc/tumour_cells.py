@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.ihc.nuclei import LabelPixels, label_pixels
+
 MIN_WIDTH_UM = 5.5
 MIN_AREA_UM2 = 55.0
 
@@ -47,17 +49,17 @@ class NucleusGeometry:
     angle_rad: np.ndarray
 
 
-def nucleus_geometry(labels: np.ndarray, mpp: float) -> NucleusGeometry:
-    """:class:`NucleusGeometry` of a label image at ``mpp`` um/px, from pixel moments (one pass, no Python loop)."""
-    n = int(labels.max()) if labels.size else 0
+def nucleus_geometry(labels: np.ndarray, mpp: float, pixels: LabelPixels | None = None) -> NucleusGeometry:
+    """:class:`NucleusGeometry` of a label image at ``mpp`` um/px, from pixel moments (one pass, no Python loop).
+    ``pixels``: the :func:`pipeline.ihc.nuclei.label_pixels` of ``labels`` when already found."""
+    where, flat, count = pixels if pixels is not None else label_pixels(labels)
+    n = len(count) - 1
     if n == 0:
         empty = np.zeros(0)
         return NucleusGeometry(empty, empty, empty, empty, empty, empty)
-    where = np.flatnonzero(labels)  # the nuclei's pixels only
-    flat = labels.ravel()[where]
     y, x = np.divmod(where, labels.shape[1])
     y, x = y.astype(np.float64), x.astype(np.float64)
-    count = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    count = count[1:].astype(np.float64)
     safe = np.maximum(count, 1)
 
     def mean(v):
