@@ -78,29 +78,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# Verbs that import torch (seconds of start-up; pandas' third of a second does not matter there, and torch's own
+# optional imports are left alone).
+TORCH_VERBS = frozenset({"score-tiles", "train", "train-model", "evaluate", "benchmark"})
+
+
 class _NoPandas:
-    """Import finder that refuses pandas. No verb uses it, but pyarrow imports it on its first array conversion
-    whenever it is installed (the SLURM executor plugin brings it): 0.34 s in every job's process. pyarrow treats
-    the refusal as pandas being absent."""
+    """Import finder under which ``import pandas`` raises ImportError, as if pandas were not installed. No verb
+    uses pandas, but pyarrow imports it on its first array conversion whenever it can (the SLURM executor plugin
+    installs it): 0.34 s in every job's process. The module is found (``importlib.util.find_spec`` answers, with no
+    origin) and its loading refused, so code that probes with ``find_spec`` and code that imports under ``try``
+    both carry on."""
+
+    def find_spec(self, name, path=None, target=None):
+        import importlib.machinery
+
+        if name == "pandas" or name.startswith("pandas."):
+            return importlib.machinery.ModuleSpec(name, self)
+        return None
 
     @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("pandas is not used by slide-triage's verbs", name=name)
-        return None
+    def create_module(spec):
+        raise ImportError(f"{spec.name} is not imported by slide-triage's verbs", name=spec.name)
+
+    @staticmethod
+    def exec_module(module):  # never reached: create_module refuses
+        raise ImportError(f"{module.__name__} is not imported by slide-triage's verbs", name=module.__name__)
 
 
 def cli() -> int:
     """``python -m pipeline`` and the ``slide-triage`` script: :func:`main` in a process of its own, set up for
     short-lived large arrays (``main`` itself leaves the process alone: tests call it in-process):
 
-    * pandas is refused (:class:`_NoPandas`);
+    * pandas is not imported, except by the :data:`TORCH_VERBS` (:class:`_NoPandas`);
     * NumPy does not ask for transparent huge pages (``NUMPY_MADVISE_HUGEPAGE=0`` unless the environment sets it;
       NumPy reads it when first imported, and worker processes inherit it). Each array of 4 MB or more is otherwise
       faulted in 2 MB pages, compacted for on the spot where the kernel defragments for madvise (the default):
       on the benchmark machine register-ihc spent 1.2-1.6 s of its 3.5-4.3 s in the kernel that way, 0.4-0.6 s
       without (``docs/benchmark.md``)."""
-    if "pandas" not in sys.modules:
+    verb = sys.argv[1] if len(sys.argv) > 1 else ""
+    if verb not in TORCH_VERBS and "pandas" not in sys.modules:
         sys.meta_path.insert(0, _NoPandas())
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     return main()

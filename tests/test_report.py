@@ -208,6 +208,19 @@ def test_rules_run_under_snakemake_and_its_report_has_the_pictures(tmp_path):
     assert "outputs.smk:" not in lint.stdout + lint.stderr, lint.stdout[-3000:]
 
 
+def test_pandas_refused_as_if_absent():
+    """Under the verbs' import finder pandas is found without an origin and refused on import (ImportError), so
+    pyarrow carries on without it and torch's find_spec probes see no file; in a process of its own."""
+    code = ("import importlib.util, sys; from pipeline.__main__ import _NoPandas\n"
+            "sys.meta_path.insert(0, _NoPandas())\n"
+            "assert importlib.util.find_spec('pandas').origin is None\n"
+            "try:\n    import pandas\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('pandas imported')\n"
+            "import numpy as np, pyarrow as pa\n"
+            "assert pa.array(np.arange(3)).to_numpy().tolist() == [0, 1, 2] and 'pandas' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+
+
 def test_output_verbs_never_import_torch(cohort, tmp_path):
     """Snakemake starts one process per job; importing torch would cost seconds in each, pandas (which pyarrow
     imports when it can) a third of a second. The verbs' entry point (``cli``) also keeps NumPy off huge pages."""
