@@ -64,6 +64,18 @@ def test_label_pixels_found_once_give_the_same_measures():
         assert np.array_equal(value, expected[key], equal_nan=True), key
 
 
+def test_detect_nuclei_returns_the_pixels_of_the_labels_it_keeps():
+    """detect_nuclei's pixels (found before the size filter, then filtered) equal label_pixels of its labels."""
+    lab = draw([(50, 50, 5.0, 4.0, 0.3), (120, 120, 6.0, 3.5, 1.0), (50, 150, 1.0, 1.0, 0.0), (150, 60, 1.2, 0.8, 0)])
+    h = np.where(lab > 0, 0.6, 0.02).astype(np.float32)
+    labels, pixels = detect_nuclei(h, np.zeros_like(h), MPP, return_pixels=True)
+    assert np.array_equal(labels, detect_nuclei(h, np.zeros_like(h), MPP))
+    again = label_pixels(labels)
+    assert (again.count[1:] > 0).sum() >= 2 and 0 in again.count[1:]  # a label dropped by size, the others kept
+    for got, want in zip(pixels, again, strict=True):
+        assert np.array_equal(got, want)
+
+
 def test_tumour_like_sets_aside_fibroblasts_and_lymphocytes():
     # a carcinoma nucleus, a fibroblast seen side on, a lymphocyte, a large spindle sarcoma nucleus
     lab = draw([(50, 50, 5.5, 4.5, 0.0), (50, 150, 6.0, 1.4, 0.5), (150, 50, 3.2, 3.0, 0.0),

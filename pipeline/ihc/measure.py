@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline import filters
 from pipeline.ihc.cells import CELL_COUNT_COLUMNS, cell_metrics, cell_table, counts_from_table, empty_counts
-from pipeline.ihc.nuclei import detect_nuclei, estimate_nucleus_threshold, label_pixels, nucleus_counts, nucleus_means
+from pipeline.ihc.nuclei import detect_nuclei, estimate_nucleus_threshold, nucleus_counts, nucleus_means
 from pipeline.ihc.params import IhcParams
 from pipeline.ihc.stain import Deconvolver
 
@@ -65,8 +65,10 @@ def pixel_counts(h_od: np.ndarray, dab_od: np.ndarray, tissue: np.ndarray, thres
     }
 
 
-def _detect(h: np.ndarray, dab: np.ndarray, mpp: float, params: IhcParams, nucleus_od_min, include_dab: bool):
-    """Nucleus labels of a tile (see :func:`quantify_tile` for ``nucleus_od_min``)."""
+def _detect(h: np.ndarray, dab: np.ndarray, mpp: float, params: IhcParams, nucleus_od_min, include_dab: bool,
+            return_pixels: bool = False):
+    """Nucleus labels of a tile (see :func:`quantify_tile` for ``nucleus_od_min``), with ``return_pixels`` also
+    their :func:`pipeline.ihc.nuclei.label_pixels`."""
     if nucleus_od_min is None:
         nucleus_od_min = params.nucleus_od_min
         if nucleus_od_min == "auto":
@@ -74,7 +76,8 @@ def _detect(h: np.ndarray, dab: np.ndarray, mpp: float, params: IhcParams, nucle
                                                         params.dab_od_thresholds[0] / 2, params.nucleus_od_range)
     return detect_nuclei(h, dab if include_dab else np.zeros_like(dab), mpp, sigma_um=params.nucleus_sigma_um,
                          od_min=nucleus_od_min, min_area_um2=params.nucleus_min_area_um2,
-                         max_area_um2=params.nucleus_max_area_um2, min_distance_um=params.nucleus_min_distance_um)
+                         max_area_um2=params.nucleus_max_area_um2, min_distance_um=params.nucleus_min_distance_um,
+                         return_pixels=return_pixels)
 
 
 def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
@@ -100,8 +103,8 @@ def quantify_tile(rgb: np.ndarray, mpp: float, params: IhcParams, nuclear: bool,
     counts = pixel_counts(h, dab, tissue, params.dab_od_thresholds)
     labels = cell_labels = cells = means = pixels = None
     if nuclear:
-        labels = _detect(h, dab, mpp, params, nucleus_od_min, nuclei_include_dab)
-        pixels = label_pixels(labels)  # the means and a nuclear compartment's cells read them again
+        # the nuclei's pixels, found once: the means and a nuclear compartment's cells read them again
+        labels, pixels = _detect(h, dab, mpp, params, nucleus_od_min, nuclei_include_dab, return_pixels=True)
         means = nucleus_means(labels, h, dab, pixels)
         counts.update(nucleus_counts(labels, h, dab, params.dab_od_thresholds, params.nucleus_dab_fraction_min,
                                      params.nucleus_dab_od_min, means=means))

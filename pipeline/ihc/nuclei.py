@@ -31,8 +31,9 @@ FLOOD_UM = 1.5
 
 def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um: float = 1.0,
                   od_min: float = 0.15, min_area_um2: float = 10.0, max_area_um2: float = 400.0,
-                  min_distance_um: float = 3.0, seed_sigma_um: float = SEED_SIGMA_UM) -> np.ndarray:
-    """Label image (int32, 0 = background) of nuclei in an H-DAB image at ``mpp`` um/px.
+                  min_distance_um: float = 3.0, seed_sigma_um: float = SEED_SIGMA_UM, return_pixels: bool = False):
+    """Label image (int32, 0 = background) of nuclei in an H-DAB image at ``mpp`` um/px; with ``return_pixels``
+    ``(labels, label_pixels(labels))``, the pixels found along the way.
 
     Nuclei are stained by haematoxylin, or by DAB where a nuclear marker covers it, so the signal is H + DAB OD
     (capped at :data:`SIGNAL_CAP_OD`, or ``od_min`` + 0.2 if higher); its Gaussian smoothing over ``sigma_um`` at
@@ -54,7 +55,8 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     min_px, max_px = max(1, int(round(min_area_um2 / px_area))), int(round(max_area_um2 / px_area))
     mask = filters.open_cross(smooth >= od_min)
     if not mask.any():
-        return np.zeros(mask.shape, np.int32)
+        labels = np.zeros(mask.shape, np.int32)
+        return (labels, label_pixels(labels)) if return_pixels else labels
     blob = _blob(raw, smooth, sigma, max(seed_sigma_um / mpp, 0.5))
     size = 2 * max(1, int(round(min_distance_um / mpp))) + 1
     peaks = (blob >= filters.maximum(blob, size) - 1e-6) & mask  # a plateau = one seed
@@ -66,15 +68,26 @@ def detect_nuclei(h_od: np.ndarray, dab_od: np.ndarray, mpp: float, *, sigma_um:
     unseeded = np.flatnonzero(~seeded[1:]) + 1
     if len(unseeded):
         markers[max_positions(blob, components, unseeded)] = np.arange(n_peaks + 1, n_peaks + 1 + len(unseeded))
-    labels = flood(-blob, markers, components, block_px=max(1, int(FLOOD_UM / mpp + 1e-6)))
-    areas = np.bincount(labels.ravel())
-    bad = (areas < min_px) | (areas > max_px)
+    labels = flood(-blob, markers, components, block_px=max(1, int(FLOOD_UM / mpp + 1e-6))).astype(np.int32,
+                                                                                                   copy=False)
+    pixels = label_pixels(labels)
+    bad = (pixels.count < min_px) | (pixels.count > max_px)
     bad[0] = True
     if bad[1:].any():
-        keep = np.arange(areas.size, dtype=np.int32)
+        keep = np.arange(bad.size, dtype=np.int32)
         keep[bad] = 0
         labels = np.take(keep, labels, mode="clip")  # a look-up: every label indexes keep
-    return labels.astype(np.int32, copy=False)
+        pixels = _kept_pixels(pixels, keep)
+    return (labels, pixels) if return_pixels else labels
+
+
+def _kept_pixels(pixels: LabelPixels, keep: np.ndarray) -> LabelPixels:
+    """:func:`label_pixels` of the label image relabelled by ``keep`` (label -> itself or 0), from ``pixels``
+    (the pixels of the dropped labels left out; the count as long as the largest label kept)."""
+    kept = np.take(keep, pixels.flat, mode="clip") > 0
+    count = np.where(keep > 0, pixels.count, 0)
+    last = np.flatnonzero(count)
+    return LabelPixels(pixels.where[kept], pixels.flat[kept], count[: last[-1] + 1 if len(last) else 1])
 
 
 def max_positions(values: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
