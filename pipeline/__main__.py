@@ -1,7 +1,7 @@
 """Command line: ``python -m pipeline VERB [options]``, one verb per workflow rule.
 
 Only the module that implements the chosen verb is imported, so verbs that do not need torch
-never pay for importing it; nor does any verb import pandas (:func:`cli`).
+never pay for importing it; nor do they import pandas (:func:`cli`).
 """
 
 from __future__ import annotations
