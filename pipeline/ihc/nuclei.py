@@ -229,8 +229,7 @@ def label_pixels(labels: np.ndarray) -> LabelPixels:
     the cell table, which each read only the nuclei's pixels (under half of a tile)."""
     where = np.flatnonzero(labels)
     flat = labels.ravel()[where]
-    count = np.bincount(flat, minlength=int(labels.max()) + 1 if labels.size else 1)
-    count[0] = 0
+    count = np.bincount(flat, minlength=int(labels.max()) + 1 if labels.size else 1)  # count[0] = 0: no 0 in flat
     return LabelPixels(where, flat, count)
 
 
